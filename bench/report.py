@@ -1,0 +1,148 @@
+"""The result table, as Markdown: readable on a terminal and pasted as is into
+docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bench.ingest import IngestResult
+
+TARGETS = {
+    "qos1": ">= 40,000",
+    "qos0": ">= 50,000",
+    "latency": "p99 < 25",
+    "rss": "< 120",
+    "ws100": ">= 40,000",
+}
+
+
+def _rate(value: float | None) -> str:
+    return f"{value:,.0f}" if value is not None else "-"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.1f}x" if a and b else "-"
+
+
+def _latency(values: Mapping[str, float] | None) -> str:
+    if not values:
+        return "-"
+    return f"{values['p50']} / {values['p95']} / {values['p99']}"
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def ingest_rows(results: Mapping[str, IngestResult], latency_rate: int) -> list[str]:
+    def rate(name: str) -> float | None:
+        found = results.get(name)
+        return found.rate if found else None
+
+    def lat(name: str) -> str:
+        found = results.get(name)
+        return _latency(found.latency_ms) if found else "-"
+
+    def acked(name: str) -> str:
+        found = results.get(name)
+        if found is None or not found.ack_ms:
+            return "-"
+        a = found.ack_ms
+        return (f"<= {a['p50_le']:g} / {a['p95_le']:g} / {a['p99_le']:g}; "
+                f"{a['within_25ms']:.1%} within 25 ms")  # fmt: skip
+
+    rows = [
+        _row("MQTT->Kafka QoS 1, msgs/s on Kafka", _rate(rate("qos1")),
+             _rate(rate("naive-qos1")), _ratio(rate("qos1"), rate("naive-qos1")),
+             TARGETS["qos1"]),
+        _row("MQTT->Kafka QoS 0, msgs/s on Kafka", _rate(rate("qos0")),
+             _rate(rate("naive-qos0")), _ratio(rate("qos0"), rate("naive-qos0")),
+             TARGETS["qos0"]),
+        _row(f"{latency_rate:,} msgs/s QoS 1: publish -> Kafka record timestamp, "
+             "p50 / p95 / p99 ms", lat("latency"), lat("naive-latency"), "", TARGETS["latency"]),
+        _row("same: MQTT receive -> Kafka ack, bridge histogram, p50 / p95 / p99 ms",
+             acked("latency"), "", "", "p99 < 25"),
+        _row("same without the stream's Kafka consumer: publish -> record timestamp",
+             lat("latency-no-stream"), "", "", TARGETS["latency"]),
+        _row("same without the stream's Kafka consumer: receive -> Kafka ack",
+             acked("latency-no-stream"), "", "", "p99 < 25"),
+        _row("achieved rate in the latency run, msgs/s", _rate(rate("latency")),
+             _rate(rate("naive-latency")), "", f"{latency_rate:,}"),
+    ]  # fmt: skip
+    for qos in (1, 0):
+        name = f"qos{qos}-no-stream"
+        if name in results:
+            rows.append(
+                _row(
+                    f"same, QoS {qos}, without the stream's Kafka consumer",
+                    _rate(rate(name)),
+                    _rate(rate(f"naive-qos{qos}")),
+                    _ratio(rate(name), rate(f"naive-qos{qos}")),
+                    "",
+                )
+            )
+    bridge_rss = [r.peak_rss_mib for n, r in results.items() if not n.startswith(("naive", "sh"))]
+    naive_rss = [r.peak_rss_mib for n, r in results.items() if n.startswith("naive")]
+    rows.append(
+        _row(
+            "peak RSS of the daemon, MiB",
+            f"{max(bridge_rss):.0f}" if bridge_rss else "-",
+            f"{max(naive_rss):.0f}" if naive_rss else "-",
+            "",
+            TARGETS["rss"],
+        )
+    )
+    if "shared-qos1" in results:
+        rows.append(
+            _row(
+                "2 bridges sharing one subscription, QoS 1, msgs/s",
+                _rate(rate("shared-qos1")),
+                "",
+                _ratio(rate("shared-qos1"), rate("qos1")) + " of one",
+                "",
+            )
+        )
+    return rows
+
+
+def stream_rows(stream: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    rows = []
+    for clients, result in sorted(stream.items()):
+        paced = result["latency"][-1] if result.get("latency") else None
+        latency = "-"
+        if paced:
+            latency = f"{paced['p50']} / {paced['p99']} at {paced['deliveries_per_s']:,}/s"
+        rows.append(
+            _row(
+                f"Kafka->WebSocket, {clients} client(s): deliveries/s; latency p50 / p99 ms",
+                f"{_rate(result.get('deliveries_per_s'))}; {latency}",
+                "",
+                "",
+                TARGETS["ws100"] if clients == 100 else "",
+            )
+        )
+    return rows
+
+
+def table(
+    results: Mapping[str, IngestResult],
+    latency_rate: int,
+    stream: Mapping[int, Mapping[str, Any]] | None = None,
+) -> str:
+    head = ("measurement", "edge-bridge", "naive baseline", "ratio", "target")
+    lines = [_row(*head), "|" + "---|" * len(head)]
+    lines += ingest_rows(results, latency_rate)
+    lines += stream_rows(stream or {})
+    lines += [
+        "",
+        _row("run", "offered", "on Kafka / accepted", "RSS end / peak MiB", "cores used"),
+        "|---|---|---|---|---|",
+    ]
+    for r in results.values():
+        cores = ", ".join(f"{k} {v}" for k, v in r.cpu.items())
+        lines.append(_row(r.name, r.offered, r.exact, f"{r.rss_mib} / {r.peak_rss_mib}", cores))
+    warned = {r.name: r.warnings for r in results.values() if r.warnings}
+    for name, events in warned.items():
+        lines.append(f"\nwarnings logged in {name}: {', '.join(events)}")
+    return "\n".join(lines)

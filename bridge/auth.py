@@ -1,0 +1,204 @@
+"""Who is connecting to the stream: a JWT (PyJWT) -> a :class:`Principal`.
+
+Keys: HS256/384/512 with a shared secret (``auth.jwt_secret``, or the
+``EDGE_BRIDGE_JWT_SECRET`` environment variable), or RS*/PS*/ES*/EdDSA with a
+PEM public key file; ``auth.algorithms`` lists what is accepted.  The key is
+chosen by the token header's ``alg`` among those allowed, so a token can never
+make the server verify an RS256 signature with an HMAC secret (or the reverse).
+``exp`` is required and checked.
+
+Why a refusal carries both a close code and an HTTP status: the same decision
+is reported as a WebSocket close (4001/4003/4029, after the handshake, since
+browsers do not expose a refused handshake's status) or as an SSE response
+(401/403/429).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jwt
+import structlog
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from bridge.config import AuthSettings
+
+log = structlog.get_logger(__name__)
+
+SECRET_ENV = "EDGE_BRIDGE_JWT_SECRET"
+#: The subprotocol a browser offers, next to the token, to authenticate a WebSocket.
+BEARER_SUBPROTOCOL = "bearer"
+#: RFC 7518: an HMAC key should be at least as long as the hash output.
+MIN_SECRET_BYTES = 32
+
+
+class Refusal(enum.Enum):
+    """Why a stream connection is refused: (WebSocket close code, HTTP status)."""
+
+    UNAUTHENTICATED = (4001, 401)
+    FORBIDDEN = (4003, 403)
+    TOO_MANY = (4029, 429)
+    BAD_REQUEST = (4400, 400)
+
+    @property
+    def close_code(self) -> int:
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        return self.value[1]
+
+
+class Refused(Exception):
+    """A refused connection (bad token, tenant not granted, limit reached);
+    ``refusal`` says how to report it."""
+
+    def __init__(self, refusal: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+class AuthConfigError(ValueError):
+    """Auth settings that cannot work (unreadable key, unknown algorithm)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified caller.  An admin may have no tenant; a client always has one."""
+
+    role: Literal["admin", "client"]
+    tenant: str | None
+    subject: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _is_hmac(algorithm: str) -> bool:
+    return algorithm.startswith("HS")
+
+
+class Authenticator:
+    """Verifies tokens with the keys loaded once from the settings.
+
+    Built again on a config reload, so a new secret or key file takes effect
+    for the next connection without touching open ones.
+    """
+
+    def __init__(self, settings: AuthSettings, environ: Mapping[str, str] = os.environ) -> None:
+        known = set(jwt.algorithms.get_default_algorithms()) - {"none"}
+        unknown = [a for a in settings.algorithms if a not in known]
+        if unknown or not settings.algorithms:
+            raise AuthConfigError(
+                f"auth.algorithms: {unknown or 'empty'}: use some of {', '.join(sorted(known))}"
+            )
+        self._settings = settings
+        self._secret = settings.jwt_secret or environ.get(SECRET_ENV) or None
+        self._public_key: Any = None
+        if settings.public_key_file:
+            path = Path(settings.public_key_file)
+            try:
+                self._public_key = load_pem_public_key(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise AuthConfigError(f"auth.public_key_file: {path}: {exc}") from None
+        if self._secret is not None and len(self._secret.encode()) < MIN_SECRET_BYTES:
+            log.warning(
+                "auth.weak_secret",
+                hint=f"use an HMAC secret of at least {MIN_SECRET_BYTES} bytes",
+            )
+        if not self.configured:
+            log.warning(
+                "auth.no_key",
+                hint=f"every stream connection is refused until auth.jwt_secret, {SECRET_ENV} "
+                "or auth.public_key_file is set",
+            )
+
+    @property
+    def configured(self) -> bool:
+        """Whether any allowed algorithm has a key, i.e. some token can pass."""
+        return any(self._key_for(a) is not None for a in self._settings.algorithms)
+
+    def _key_for(self, algorithm: str) -> Any:
+        return self._secret if _is_hmac(algorithm) else self._public_key
+
+    def verify(self, token: str | None) -> Principal:
+        """The principal of a valid token, or :class:`Refused` saying why not."""
+        if not token:
+            raise Refused(Refusal.UNAUTHENTICATED, "missing token")
+        settings = self._settings
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+            if algorithm not in settings.algorithms:
+                raise Refused(Refusal.UNAUTHENTICATED, f"algorithm {algorithm!r} not accepted")
+            key = self._key_for(algorithm)
+            if key is None:
+                raise Refused(Refusal.UNAUTHENTICATED, f"no key configured for {algorithm}")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                options={"require": ["exp"]},
+                audience=settings.audience,
+                issuer=settings.issuer,
+                leeway=settings.leeway_s,
+            )
+        except jwt.InvalidTokenError as exc:
+            raise Refused(Refusal.UNAUTHENTICATED, f"invalid token: {exc}") from None
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    """``role`` must be admin or client; ``tenant`` a non-empty string (optional
+    for an admin).  Anything else is a valid token without the right to watch."""
+    role = claims.get("role")
+    if role not in ("admin", "client"):
+        raise Refused(Refusal.FORBIDDEN, f"role {role!r} is not allowed: admin or client")
+    tenant = claims.get("tenant")
+    if tenant is not None and (not isinstance(tenant, str) or not tenant):
+        raise Refused(Refusal.FORBIDDEN, "tenant claim must be a non-empty string")
+    if role == "client" and tenant is None:
+        raise Refused(Refusal.FORBIDDEN, "a client token needs a tenant claim")
+    subject = claims.get("sub")
+    return Principal(role, tenant, subject if isinstance(subject, str) else None)
+
+
+def _looks_like_jwt(text: str) -> bool:
+    return text.count(".") == 2
+
+
+def select_subprotocol(proposed: Sequence[str]) -> str | None:
+    """The subprotocol to accept so that a browser keeps the connection.
+
+    Browsers cannot set headers on a WebSocket, so they pass the token as a
+    subprotocol: ``new WebSocket(url, ["bearer", token])``, and the server must
+    select one of the offered values.  A lone token offered on its own is
+    echoed back, as some clients expect.
+    """
+    if BEARER_SUBPROTOCOL in proposed:
+        return BEARER_SUBPROTOCOL
+    if len(proposed) == 1 and _looks_like_jwt(proposed[0]):
+        return proposed[0]
+    return None
+
+
+def find_token(
+    query: Mapping[str, list[str]], headers: Mapping[str, str], subprotocols: Sequence[str]
+) -> str | None:
+    """The token from ``?token=``, ``Authorization: Bearer``, or a subprotocol,
+    in that order."""
+    for value in query.get("token", []):
+        if value:
+            return value
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    for value in subprotocols:
+        if value != BEARER_SUBPROTOCOL and _looks_like_jwt(value):
+            return value
+    return None

@@ -1,0 +1,173 @@
+"""The ``edge-bridge`` command: ``run``, ``check-config`` and ``try-mapping``.
+
+Errors a user can fix (a bad config, a taken port) are printed as sentences
+with the path of what is wrong and exit non-zero; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import msgspec
+import trio
+
+from bridge.config import Config, ConfigError, LoadedConfig, apply_overrides, load_config
+from bridge.core.normalize import Normalizer, Now
+from bridge.core.plan import Plan, PlanError, compile_config
+from bridge.io.http import ListenError, parse_listen
+from bridge.io.mqtt import parse_mqtt_url
+from bridge.logs import configure
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-bridge",
+        description="MQTT telemetry to validated Kafka records, and a live stream back out.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--config", help="main config file (env EDGE_BRIDGE_CONFIG)")
+    run.add_argument("--mqtt-url", help="mqtt://HOST:PORT (env EDGE_BRIDGE_MQTT_URL)")
+    run.add_argument("--kafka-bootstrap", help="HOST:PORT[,...] (env EDGE_BRIDGE_KAFKA_BOOTSTRAP)")
+    run.add_argument("--listen", help="stream server HOST:PORT (env EDGE_BRIDGE_LISTEN)")
+    run.add_argument("--log-format", choices=["json", "console"])
+    run.add_argument("--log-level", help="debug, info, warning or error")
+    check = commands.add_parser("check-config", help="validate a config and its mapping files")
+    check.add_argument("file")
+    try_mapping = commands.add_parser(
+        "try-mapping", help="show what the mappings make of one message, without brokers"
+    )
+    try_mapping.add_argument("file", help="a main config or a mapping file")
+    try_mapping.add_argument("--topic", required=True)
+    try_mapping.add_argument("--payload", help="the payload (default: read stdin)")
+    return parser
+
+
+def _load(path: str | None) -> tuple[LoadedConfig, Plan]:
+    loaded = load_config(path)
+    return loaded, compile_config(loaded)
+
+
+def _print_errors(errors: list[str]) -> None:
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+
+
+def _check_config(path: str) -> int:
+    try:
+        _, plan = _load(path)
+    except (ConfigError, PlanError) as exc:
+        _print_errors(exc.errors)
+        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    names = ", ".join(f"{m.name} ({m.subscription})" for m in plan.mappings)
+    print(f"{path}: ok: {len(plan.mappings)} mapping(s): {names}")
+    return 0
+
+
+def _try_mapping(path: str, topic: str, payload_text: str | None) -> int:
+    try:
+        _, plan = _load(path)
+    except (ConfigError, PlanError) as exc:
+        _print_errors(exc.errors)
+        return EXIT_CONFIG
+    payload = payload_text.encode() if payload_text is not None else sys.stdin.buffer.read()
+    outcome = Normalizer(plan).process(topic, payload, Now(time.time_ns() // 1_000_000))
+    if outcome.mapping is None:
+        print(f"no mapping matches topic {topic!r}", file=sys.stderr)
+        return 1
+    out = []
+    for record in outcome.records:
+        try:
+            value: object = msgspec.json.decode(record.value)
+        except msgspec.DecodeError:
+            value = record.value.decode("utf-8", "replace")
+        out.append(
+            {
+                "topic": record.topic,
+                "key": record.key.decode() if record.key else None,
+                "headers": {k: v.decode("utf-8", "replace") for k, v in record.headers},
+                "value": value,
+            }
+        )
+    result = {"mapping": outcome.mapping, "duplicate": outcome.duplicate, "records": out}
+    print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
+    return 0 if not outcome.dead else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = args.config or os.environ.get("EDGE_BRIDGE_CONFIG")
+    flags = {
+        "mqtt_url": args.mqtt_url,
+        "kafka_bootstrap": args.kafka_bootstrap,
+        "listen": args.listen,
+    }
+
+    def load() -> tuple[Config, Plan]:
+        """The effective config: file, then environment, then flags.  Called
+        again on SIGHUP, so a reload sees the same overrides as the start."""
+        loaded = load_config(path)
+        config = apply_overrides(loaded.config, flags, dict(os.environ))
+        problem = _address_problem(config)
+        if problem:
+            raise ConfigError([problem])
+        return config, compile_config(LoadedConfig(config, loaded.origins))
+
+    try:
+        config, plan = load()
+        configure(args.log_format or config.log.format, args.log_level or config.log.level)
+    except (ConfigError, PlanError) as exc:
+        _print_errors(exc.errors)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    from bridge.daemon import StartupError, run_daemon
+
+    try:
+        trio.run(run_daemon, config, plan, load)
+    except BaseExceptionGroup as group:
+        startup, rest = group.split(StartupError)
+        if rest is not None or startup is None:
+            raise
+        for leaf in _leaves(startup):
+            print(f"error: {leaf}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside a (possibly nested) exception group."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _address_problem(config: Config) -> str | None:
+    """Addresses that cannot work, found before anything starts."""
+    try:
+        parse_mqtt_url(config.mqtt.url)
+        parse_listen(config.listen)
+    except (ValueError, ListenError) as exc:
+        return str(exc)
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "try-mapping":
+        return _try_mapping(args.file, args.topic, args.payload)
+    return _run(args)

@@ -1,0 +1,544 @@
+"""Typed configuration: TOML files decoded into msgspec Structs.
+
+Why msgspec Structs: unknown keys are rejected (``forbid_unknown_fields``), every
+field has a type and a default, and a decode error already names the path of the
+bad field (``$.mappings[1].kafka.key``).  What the types cannot say (a template
+naming a segment the topic filter does not have, a time zone that does not exist)
+is checked afterwards by :func:`bridge.core.plan.compile_mapping`, which reports
+every problem at once, each prefixed with its path.
+
+Precedence, lowest to highest: the defaults here, the config file and the mapping
+files it includes, the ``EDGE_BRIDGE_*`` environment variables, command-line
+flags.  The merge of the last two lives in :mod:`bridge.cli`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import msgspec
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base for every config table: unknown keys are an error, not ignored."""
+
+
+# --------------------------------------------------------------------------- sources
+class Source(_Section):
+    """Where a value comes from: exactly one of a topic segment, a payload field
+    path (``data.DEVICE_ID``) or a constant.  ``case`` folds text after extraction.
+    """
+
+    segment: str | None = None
+    field: str | None = None
+    const: str | None = None
+    case: Literal["keep", "lower", "upper"] = "keep"
+
+
+class TimeRule(_Section):
+    """Where the event time comes from and how it is written.
+
+    ``format`` is ``auto`` (ISO-8601 with an offset, or epoch milliseconds),
+    ``iso``, ``epoch_s``, ``epoch_ms``, or a ``strftime`` pattern read in the
+    time zone ``tz``.  With no ``field`` (``field = ""``: TOML has no null) or
+    a missing value and ``required`` false, the time the bridge received the
+    message is used.
+    """
+
+    field: str | None = "ts"
+    format: str = "auto"
+    tz: str = "UTC"
+    required: bool = False
+
+
+class FieldRule(_Section):
+    """One declared metric read from a payload field, with its coercion.
+
+    ``type`` is the metric type of the clean record.  Strings are coerced:
+    numeric strings (``"+20.65"``) to numbers; for ``bool`` the words in
+    ``true``/``false`` (compared case-insensitively); for ``str`` an optional
+    ``enum`` of allowed values.
+    """
+
+    field: str
+    type: Literal["numeric", "bool", "str"] = "numeric"
+    true: list[str] = msgspec.field(default_factory=lambda: ["true", "on", "yes", "1"])
+    false: list[str] = msgspec.field(default_factory=lambda: ["false", "off", "no", "0"])
+    enum: list[str] | None = None
+    unit: str | None = None
+    required: bool = True
+
+
+class SingleRule(_Section):
+    """One reading per message: the metric's name comes from a segment or field,
+    its value from ``value`` (coerced to ``type``)."""
+
+    name: Source
+    value: str = "value"
+    type: Literal["numeric", "bool", "str", "auto"] = "auto"
+    unit: Source | None = None
+    quality: Source | None = None
+
+
+class PayloadRules(_Section):
+    """How a payload becomes records.  The defaults are the ``metrics`` object shape
+    of ``tenant/{tenant}/device/{device}/telemetry``.
+
+    Metrics come from exactly one of: ``metrics_object`` (a path to an object of
+    name -> value, the default ``metrics``), ``fields`` (declared metrics) or
+    ``single`` (one reading per message).
+
+    ``device_field`` (a payload claim that must equal the resolved device) and
+    ``schema_version_field`` are switched off with ``""``, since TOML has no
+    null; without a schema version field every message is version 1.
+    """
+
+    tenant: Source = msgspec.field(default_factory=lambda: Source(segment="tenant"))
+    device: Source = msgspec.field(default_factory=lambda: Source(segment="device"))
+    device_field: str | None = "device"
+    schema_version_field: str | None = "schema_version"
+    schema_versions: list[int] = msgspec.field(default_factory=lambda: [1])
+    ts: TimeRule = msgspec.field(default_factory=TimeRule)
+    event_id: Source | None = None
+    quality: Source | None = None
+    metrics_object: str | None = None
+    fields: dict[str, FieldRule] = msgspec.field(default_factory=dict)
+    single: SingleRule | None = None
+
+
+class MqttSide(_Section):
+    """The MQTT side of a mapping: the filter with ``{named}`` segments."""
+
+    topic: str = "tenant/{tenant}/device/{device}/telemetry"
+    qos: Literal[0, 1] = 1
+    shared_group: str | None = None
+
+
+class KafkaSide(_Section):
+    """The Kafka side of a mapping: target topics, key template, extra headers."""
+
+    clean_topic: str = "telemetry.clean"
+    raw_topic: str = "telemetry.raw"
+    raw_enabled: bool = True
+    dead_letter_topic: str = "telemetry.dlq"
+    key: str = "{tenant}:{device}"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class DedupSettings(_Section):
+    """Drop a message whose event id was seen within ``window_s``; at most
+    ``max_entries`` ids are remembered (oldest evicted first)."""
+
+    window_s: float = 60.0
+    max_entries: int = 100_000
+
+
+class Mapping(_Section):
+    """One MQTT topic family to Kafka."""
+
+    name: str = "telemetry"
+    mqtt: MqttSide = msgspec.field(default_factory=MqttSide)
+    kafka: KafkaSide = msgspec.field(default_factory=KafkaSide)
+    payload: PayloadRules = msgspec.field(default_factory=PayloadRules)
+    dedup: DedupSettings | None = None
+
+
+class MappingFile(_Section):
+    """What an included mapping file may hold."""
+
+    mappings: list[Mapping] = msgspec.field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- catalog
+class AlarmRule(_Section):
+    """A threshold on a numeric metric: ``above``, ``below`` or ``outside`` (a
+    band ``low``..``high``), optionally sustained for ``for_s`` seconds."""
+
+    kind: Literal["above", "below", "outside"]
+    threshold: float | None = None
+    low: float | None = None
+    high: float | None = None
+    for_s: float = 0.0
+
+
+class MetricSpec(_Section):
+    """A metric catalog entry (``[metrics.temperature]``)."""
+
+    type: Literal["numeric", "bool", "str"] = "numeric"
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    alarms: list[AlarmRule] = msgspec.field(default_factory=list)
+
+
+class DeviceSpec(_Section):
+    """A device registry entry (``[devices.<tenant>.<device>]``)."""
+
+    active: bool = True
+    metrics: list[str] | None = None
+
+
+# --------------------------------------------------------------------------- adapters
+class TlsSettings(_Section):
+    """TLS to the MQTT broker: the CA that signed the broker's certificate, and
+    for mutual TLS the client certificate and key (PEM files).  ``insecure``
+    skips the host name check: for tests only."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttSettings(_Section):
+    """The MQTT client.  ``embedded`` decides whether an amqtt broker is started
+    when nothing answers at ``url``: ``auto`` (only for the default local URL),
+    ``always`` or ``never``."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = "edge-bridge"
+    protocol: Literal["3.1.1", "5"] = "5"
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 86_400
+    receive_maximum: int = 1000
+    tls: TlsSettings | None = None
+    embedded: Literal["auto", "always", "never"] = "auto"
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+class KafkaSettings(_Section):
+    """The Kafka producer.  ``properties`` passes any librdkafka setting through
+    (``security.protocol``, ``sasl.mechanism``, ``ssl.ca.location`` ...)."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    linger_ms: int = 5
+    compression: str = "lz4"
+    queue_max_messages: int = 200_000
+    delivery_timeout_ms: int = 15_000
+    properties: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class LimitSettings(_Section):
+    """Bounds on what one MQTT message may carry."""
+
+    max_payload_bytes: int = 65_536
+    max_string_length: int = 256
+    max_segment_length: int = 128
+    max_metrics: int = 256
+    # MQTT 5 user properties carried into Kafka headers: at most this many
+    # bytes of names and values per message; the rest are not carried.
+    max_user_property_bytes: int = 4096
+
+
+class LogSettings(_Section):
+    """``format``: ``auto`` writes JSON lines unless stderr is a terminal.
+    ``level``: debug, info, warning or error."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: str = "info"
+
+
+class StreamSettings(_Section):
+    """The live stream (WebSocket and SSE) fed from Kafka.
+
+    ``source``: ``auto`` reads ``topics`` from Kafka and falls back to the
+    records this daemon ingests itself while Kafka is not reachable (edge-local
+    mode); ``kafka`` never falls back; ``local`` never starts a Kafka consumer.
+    ``group_id`` unset means a group of its own per daemon instance, so every
+    instance sees every record.  A client whose queue of ``client_queue`` events
+    is full loses the oldest and is told how many; one that lost more than
+    ``max_lag_drops`` since it last caught up is disconnected (see
+    docs/streaming.md).  ``consumer_properties`` are librdkafka settings for the
+    stream's consumers only, on top of ``kafka.properties``.
+    """
+
+    topics: list[str] = msgspec.field(default_factory=lambda: ["telemetry.clean"])
+    source: Literal["auto", "kafka", "local"] = "auto"
+    group_id: str | None = None
+    session_timeout_ms: int = 6000
+    consume_batch: int = 500
+    consumer_properties: dict[str, str] = msgspec.field(default_factory=dict)
+    max_per_tenant: int = 10
+    ping_interval_s: float = 30.0
+    client_queue: int = 1000
+    max_lag_drops: int = 10_000
+    slow_client_grace_s: float = 10.0
+    replay_timeout_s: float = 30.0
+    replay_max_events: int = 100_000
+    replay_concurrency: int = 4
+    allow_origins: list[str] = msgspec.field(default_factory=list)
+
+
+class AuthSettings(_Section):
+    """JWT verification for the stream.  HS256 with ``jwt_secret`` (or the
+    ``EDGE_BRIDGE_JWT_SECRET`` environment variable), or RS256/ES256 with the PEM
+    public key in ``public_key_file``."""
+
+    jwt_secret: str | None = None
+    public_key_file: str | None = None
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["HS256"])
+    leeway_s: float = 0.0
+    audience: str | None = None
+    issuer: str | None = None
+
+
+class SpoolSettings(_Section):
+    """The disk store-and-forward spool."""
+
+    path: str = "/var/lib/edge-bridge/spool"
+    max_bytes: int = 1 << 30
+    segment_bytes: int = 16 << 20
+    fsync_interval_ms: int = 50
+    when_full: Literal["backpressure", "drop_oldest"] = "backpressure"
+    enabled: bool = True
+
+
+class CommandValue(_Section):
+    """Where a placeholder of a command's MQTT topic comes from: a Kafka record
+    header or a field of the record's JSON value."""
+
+    header: str | None = None
+    field: str | None = None
+
+
+class CommandMapping(_Section):
+    """Kafka to MQTT: records of ``kafka_topic`` published to ``mqtt_topic``.
+
+    Each ``{placeholder}`` of ``mqtt_topic`` is read from ``values`` when
+    declared there, otherwise from the header of the same name, otherwise from
+    the field of the same name in the JSON value.  The published payload is the
+    record's value unchanged, or its field ``payload_field``.  The Kafka offset is
+    committed only after the MQTT broker acknowledged the publish (QoS 1).
+    """
+
+    name: str = "commands"
+    kafka_topic: str = "device.commands"
+    mqtt_topic: str = "tenant/{tenant}/device/{device}/command"
+    qos: Literal[0, 1] = 1
+    retain: bool = False
+    values: dict[str, CommandValue] = msgspec.field(default_factory=dict)
+    payload_field: str | None = None
+    headers_as_user_properties: bool = True
+    dead_letter_topic: str = "device.commands.dlq"
+    group_id: str = "edge-bridge-commands"
+    start_from: Literal["latest", "earliest"] = "latest"
+    session_timeout_ms: int = 6000
+
+
+def _default_mappings() -> list[Mapping]:
+    return [Mapping()]
+
+
+class Config(_Section):
+    """The whole daemon configuration (``edge-bridge.toml``)."""
+
+    include: list[str] = msgspec.field(default_factory=list)
+    listen: str = "127.0.0.1:8080"
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)
+    stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    spool: SpoolSettings = msgspec.field(default_factory=SpoolSettings)
+    alarms_topic: str = "telemetry.alarms"
+    metrics: dict[str, MetricSpec] = msgspec.field(default_factory=dict)
+    devices: dict[str, dict[str, DeviceSpec]] = msgspec.field(default_factory=dict)
+    mappings: list[Mapping] = msgspec.field(default_factory=list)
+    commands: list[CommandMapping] = msgspec.field(default_factory=list)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used.  ``errors`` holds one line per problem, each
+    starting with the file and the path of the bad field."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _decode_error_line(source: str, exc: msgspec.ValidationError, raw: object, kind: type) -> str:
+    """Turn msgspec's ``Expected int, got str - at `$.mqtt.qos``` into
+    ``file: mqtt.qos: Expected int, got str``."""
+    text = str(exc)
+    message, sep, where = text.rpartition(" - at `")
+    if not sep:
+        return f"{source}: {text}"
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    if "[...]" in path:
+        path = _name_table_keys(path, raw, kind)
+    return f"{source}: {path}: {message}"
+
+
+_PATH_STEP = re.compile(r"\.?([^.\[\]]+)|\[([^\]]+)\]")
+
+
+def _container(kind: object) -> object:
+    """``X | None`` -> ``X``: the part of an optional type that has fields or items."""
+    if get_origin(kind) in (Union, UnionType):
+        return next(arg for arg in get_args(kind) if arg is not type(None))
+    return kind
+
+
+def _name_table_keys(path: str, raw: object, kind: object) -> str:
+    """msgspec writes a table key as ``[...]`` (``metrics[...].type``); find which
+    key it was by walking the decoded TOML next to the types, and validating each
+    entry of the table until one fails, so the path says ``metrics.temp.type``."""
+    out = []
+    try:
+        for name, index in _PATH_STEP.findall(path):
+            kind = _container(kind)
+            if name:
+                assert isinstance(raw, dict) and isinstance(kind, type)
+                kind, raw = get_type_hints(kind)[name], raw.get(name)
+                out.append(f".{name}")
+            elif index != "...":
+                assert isinstance(raw, list)
+                kind, raw = get_args(kind)[0], raw[int(index)]
+                out.append(f"[{index}]")
+            else:
+                assert isinstance(raw, dict)
+                kind = get_args(kind)[1]
+                key = next(k for k, v in raw.items() if not _valid(v, kind))
+                raw = raw[key]
+                out.append(f".{key}")
+    except (AssertionError, KeyError, IndexError, StopIteration, TypeError, ValueError):
+        return path
+    return "".join(out).removeprefix(".")
+
+
+def _valid(value: object, kind: object) -> bool:
+    try:
+        msgspec.convert(value, kind, strict=True)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _read_toml(path: Path) -> object:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+_T = TypeVar("_T")
+
+
+def _convert(raw: object, kind: type[_T], source: str) -> _T:
+    try:
+        return msgspec.convert(raw, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([_decode_error_line(source, exc, raw, kind)]) from None
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A decoded config and, for each of its mappings, the file it came from and
+    its index there, so that semantic errors can point at the right place."""
+
+    config: Config
+    origins: list[tuple[str, int]]
+
+    def mapping_path(self, index: int) -> str:
+        source, local = self.origins[index]
+        return f"{source}: mappings[{local}]"
+
+
+def load_config(path: str | Path | None) -> LoadedConfig:
+    """Read a main config and the mapping files it includes (paths relative to it).
+
+    With no path, the built-in defaults: one mapping, the telemetry shape, the
+    same as ``mappings/telemetry.toml``.  Only structure is checked here; call
+    :func:`bridge.core.plan.compile_config` for the semantic checks.
+    """
+    if path is None:
+        return LoadedConfig(Config(mappings=_default_mappings()), [("built-in defaults", 0)])
+    main_path = Path(path)
+    config = _convert(_read_toml(main_path), Config, str(main_path))
+    mappings = list(config.mappings)
+    origins = [(str(main_path), i) for i in range(len(mappings))]
+    errors: list[str] = []
+    for name in config.include:
+        try:
+            extra = _convert(_read_toml(main_path.parent / name), MappingFile, name).mappings
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            continue
+        mappings.extend(extra)
+        origins.extend((name, i) for i in range(len(extra)))
+    if errors:
+        raise ConfigError(errors)
+    if not mappings:
+        mappings = _default_mappings()
+        origins = [("built-in defaults", 0)]
+    return LoadedConfig(msgspec.structs.replace(config, mappings=mappings), origins)
+
+
+ENV_OVERRIDES = {
+    "EDGE_BRIDGE_MQTT_URL": "mqtt_url",
+    "EDGE_BRIDGE_KAFKA_BOOTSTRAP": "kafka_bootstrap",
+    "EDGE_BRIDGE_LISTEN": "listen",
+    "EDGE_BRIDGE_JWT_SECRET": "jwt_secret",
+    "EDGE_BRIDGE_MQTT_PASSWORD": "mqtt_password",
+}
+
+
+def apply_overrides(
+    config: Config, flags: dict[str, str | None], environ: dict[str, str]
+) -> Config:
+    """Deployment overrides: a flag beats its ``EDGE_BRIDGE_*`` variable, which
+    beats the file.  ``flags`` uses the names of ENV_OVERRIDES' values."""
+    chosen: dict[str, str] = {}
+    for variable, name in ENV_OVERRIDES.items():
+        value = flags.get(name) or environ.get(variable)
+        if value:
+            chosen[name] = value
+    replace = msgspec.structs.replace
+    if "mqtt_url" in chosen:
+        config = replace(config, mqtt=replace(config.mqtt, url=chosen["mqtt_url"]))
+    if "kafka_bootstrap" in chosen:
+        config = replace(config, kafka=replace(config.kafka, bootstrap=chosen["kafka_bootstrap"]))
+    if "mqtt_password" in chosen:
+        config = replace(config, mqtt=replace(config.mqtt, password=chosen["mqtt_password"]))
+    if "listen" in chosen:
+        config = replace(config, listen=chosen["listen"])
+    if "jwt_secret" in chosen:
+        config = replace(config, auth=replace(config.auth, jwt_secret=chosen["jwt_secret"]))
+    return config
+
+
+_SECRET_WORDS = ("password", "secret", "key")
+
+
+def redacted(config: Config) -> dict[str, object]:
+    """The effective config as plain data, secrets replaced by ``***``, for the
+    start-up log line."""
+
+    def scrub(value: object, key: str = "") -> object:
+        if isinstance(value, dict):
+            return {k: scrub(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        secret = any(word in key.lower() for word in _SECRET_WORDS)
+        if value is not None and secret and not key.endswith(("_file", ".location")):
+            return "***"
+        return value
+
+    plain = msgspec.to_builtins(config)
+    plain.pop("mappings", None)
+    plain["mappings"] = [m.name for m in config.mappings]
+    result = scrub(plain)
+    assert isinstance(result, dict)
+    return result

@@ -1,0 +1,482 @@
+"""Execute compiled mapping plans: one MQTT message in, Kafka records out.
+
+This is the hot path.  :class:`Normalizer` is fed a topic, the payload bytes and
+the current time (read once per batch by the caller) and returns an
+:class:`Outcome`: the records to produce and what happened, for the counters.
+
+What a message becomes:
+
+* It matches no mapping: nothing (the caller counts it and logs a sample).
+* A problem with the message as a whole (too large, not JSON, not an object,
+  unsupported schema version, a bad topic segment, an unknown or inactive
+  device, a device field that contradicts the topic, a bad time, no metrics):
+  one dead-letter record with the reason.
+* Otherwise each metric is judged on its own: each valid one becomes a clean
+  record, each invalid one a dead-letter record naming the metric.  A partly
+  valid message is therefore split, never dropped whole; the raw topic gets the
+  original bytes once, because the message itself was readable.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from bridge.config import MetricSpec
+from bridge.core.alarms import AlarmEvaluator
+from bridge.core.coerce import Refusal, typed_value
+from bridge.core.dedup import Deduplicator
+from bridge.core.extract import MISSING, get_path
+from bridge.core.plan import MappingPlan, Plan
+from bridge.core.records import CleanRecord, DeadLetter, Headers, MetricType, Outgoing, Value
+from bridge.core.timestamps import TimestampError, format_ms
+from bridge.core.topics import segment_problem
+
+# Headers the bridge sets; a user property of the same name is not carried.
+RESERVED_HEADERS = frozenset(
+    {"tenant", "device", "mqtt_topic", "schema_version", "received_at", "reason"}
+)
+
+# One metric read from a message: name, value, type, unit, quality.
+Reading = tuple[str, Value, MetricType, str | None, str | None]
+
+
+class Now:
+    """The receive time of a batch, read once by the caller and formatted once."""
+
+    __slots__ = ("epoch_ms", "iso")
+
+    def __init__(self, epoch_ms: int) -> None:
+        self.epoch_ms = epoch_ms
+        self.iso = format_ms(epoch_ms)
+
+
+class Outcome:
+    """What one message became.  ``mapping`` is None when no mapping matched."""
+
+    __slots__ = ("clean", "dead", "duplicate", "mapping", "properties_truncated", "records")
+
+    def __init__(self, mapping: str | None) -> None:
+        self.mapping = mapping
+        self.records: list[Outgoing] = []
+        self.clean = 0
+        self.dead: list[str] = []
+        self.duplicate = False
+        self.properties_truncated = False
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def payload_text(payload: bytes) -> tuple[str, str]:
+    """The payload for a dead letter: UTF-8 text, or base64 when it is not UTF-8."""
+    try:
+        return payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(payload).decode("ascii"), "base64"
+
+
+class Normalizer:
+    """Runs a :class:`Plan`; holds the little state rules need (dedup, alarms)."""
+
+    def __init__(self, plan: Plan, previous: Normalizer | None = None) -> None:
+        self.plan = plan
+        limits = plan.config.limits
+        self.max_payload = limits.max_payload_bytes
+        self.max_string = limits.max_string_length
+        self.max_segment = limits.max_segment_length
+        self.max_metrics = limits.max_metrics
+        self.max_user_property_bytes = limits.max_user_property_bytes
+        self.catalog = plan.catalog
+        self.registry = plan.registry
+        self.alarms_topic = plan.config.alarms_topic
+        self.alarms = AlarmEvaluator(plan.catalog)
+        self.dedup = {
+            m.name: Deduplicator(m.dedup_window_ms, m.dedup_max_entries)
+            for m in plan.mappings
+            if m.dedup_window_ms is not None
+        }
+        if previous is not None:
+            self._adopt(previous)
+
+    def _adopt(self, previous: Normalizer) -> None:
+        """Keep the state of rules that a reload did not change: remembered event
+        ids of a mapping with the same name and window, and the raised alarms
+        when the alarm rules are the same."""
+        for name, dedup in self.dedup.items():
+            old = previous.dedup.get(name)
+            if old is not None and old.window_ms == dedup.window_ms:
+                old.max_entries = dedup.max_entries
+                self.dedup[name] = old
+        if previous.alarms.rules == self.alarms.rules:
+            self.alarms = previous.alarms
+
+    # ------------------------------------------------------------------ entry
+    def process(
+        self,
+        topic: str,
+        payload: bytes,
+        now: Now,
+        user_properties: list[tuple[str, str]] | None = None,
+    ) -> Outcome:
+        """``user_properties`` are the MQTT 5 user properties of the message,
+        carried as Kafka headers of its clean and raw records."""
+        levels = topic.split("/")
+        for mapping in self.plan.mappings:
+            segments = mapping.filter.match(levels)
+            if segments is not None:
+                outcome = Outcome(mapping.name)
+                try:
+                    carried = self._carried(user_properties, outcome) if user_properties else []
+                    self._message(mapping, segments, topic, payload, now, outcome, carried)
+                except Refusal as refusal:
+                    key = topic.encode()
+                    self._dead(mapping, topic, payload, now, refusal, key, outcome)
+                return outcome
+        return Outcome(None)
+
+    # ------------------------------------------------------------------ steps
+    def _message(
+        self,
+        mapping: MappingPlan,
+        segments: dict[str, str],
+        topic: str,
+        payload: bytes,
+        now: Now,
+        outcome: Outcome,
+        carried: Headers,
+    ) -> None:
+        if len(payload) > self.max_payload:
+            raise Refusal(
+                "payload_too_large",
+                f"payload is {len(payload)} bytes, the limit is {self.max_payload}",
+            )
+        for segment, text in segments.items():
+            problem = segment_problem(text, self.max_segment)
+            if problem:
+                raise Refusal("invalid_topic", f"topic segment {{{segment}}} {problem}")
+        try:
+            doc = _decode(payload)
+        except msgspec.DecodeError as exc:
+            raise Refusal("invalid_json", f"payload is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise Refusal("not_an_object", f"payload is a JSON {type(doc).__name__}, not an object")
+        schema_version = self._schema_version(mapping, doc)
+        tenant = self._identity(mapping.tenant(segments, doc), "tenant")
+        device = self._identity(mapping.device(segments, doc), "device")
+        key_values = {**segments, "tenant": tenant, "device": device}
+        key = mapping.key.render(key_values).encode()
+        try:
+            self._check_identity(mapping, doc, tenant, device)
+            ts_ms = self._event_ms(mapping, doc, now)
+            event_id = self._optional_text(mapping.event_id, segments, doc, "event_id")
+            if event_id is not None and self._is_repeat(mapping, tenant, device, event_id, now):
+                outcome.duplicate = True
+                return
+            quality = self._optional_text(mapping.quality, segments, doc, "quality")
+        except Refusal as refusal:
+            self._dead(mapping, topic, payload, now, refusal, key, outcome)
+            return
+        headers: Headers = [
+            ("tenant", tenant.encode()),
+            ("device", device.encode()),
+            ("mqtt_topic", topic.encode()),
+            ("schema_version", str(schema_version).encode()),
+        ]
+        headers.extend((name, t.render(key_values).encode()) for name, t in mapping.headers)
+        headers.extend(carried)
+        ts = format_ms(ts_ms)
+        received_at = now.iso
+        records = outcome.records
+        try:
+            readings = list(self._readings(mapping, segments, doc))
+        except Refusal as refusal:
+            self._dead(mapping, topic, payload, now, refusal, key, outcome)
+            return
+        allowed = self.plan.allowed_metrics.get((tenant, device))
+        for reading in readings:
+            if isinstance(reading, Refusal):
+                self._dead(mapping, topic, payload, now, reading, key, outcome)
+                continue
+            name, value, metric_type, unit, metric_quality = reading
+            try:
+                unit = self._check_metric(name, value, metric_type, unit, allowed)
+            except Refusal as refusal:
+                refusal.metric = name
+                self._dead(mapping, topic, payload, now, refusal, key, outcome)
+                continue
+            record = CleanRecord(
+                tenant=tenant,
+                device_serial_id=device,
+                metric=name,
+                metric_type=metric_type,
+                value=value,
+                unit=unit,
+                ts=ts,
+                received_at=received_at,
+                schema_version=schema_version,
+                event_id=event_id,
+                quality=metric_quality or quality,
+            )
+            records.append(Outgoing(mapping.clean_topic, key, _encode(record), headers))
+            outcome.clean += 1
+            if self.alarms and metric_type == "numeric" and not isinstance(value, bool | str):
+                for alarm in self.alarms.observe(tenant, device, name, value, ts_ms, ts):
+                    records.append(Outgoing(self.alarms_topic, key, _encode(alarm), headers))
+        if mapping.raw_topic is not None:
+            raw_headers = [*headers, ("received_at", received_at.encode())]
+            records.append(Outgoing(mapping.raw_topic, key, payload, raw_headers))
+
+    def _carried(self, properties: list[tuple[str, str]], outcome: Outcome) -> Headers:
+        """The user properties to carry as headers, within the byte bound; names
+        the bridge sets itself are not overridden."""
+        budget = self.max_user_property_bytes
+        carried: Headers = []
+        for name, value in properties:
+            budget -= len(name) + len(value)
+            if budget < 0:
+                outcome.properties_truncated = True
+                break
+            if name not in RESERVED_HEADERS:
+                carried.append((name, value.encode()))
+        return carried
+
+    def _is_repeat(
+        self, mapping: MappingPlan, tenant: str, device: str, event_id: str, now: Now
+    ) -> bool:
+        """Whether the mapping deduplicates and saw this event id within its window;
+        ids are scoped to the device, so two devices may reuse an id."""
+        dedup = self.dedup.get(mapping.name)
+        return dedup is not None and dedup.seen(f"{tenant}\x00{device}\x00{event_id}", now.epoch_ms)
+
+    def _schema_version(self, mapping: MappingPlan, doc: dict[str, Any]) -> int:
+        if mapping.schema_version_field is None:
+            return 1
+        version = get_path(doc, mapping.schema_version_field)
+        if version is MISSING:
+            raise Refusal("schema_version_unsupported", "schema_version is missing")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise Refusal(
+                "schema_version_unsupported", f"schema_version {version!r} is not an integer"
+            )
+        if version not in mapping.schema_versions:
+            supported = ", ".join(str(v) for v in sorted(mapping.schema_versions))
+            raise Refusal(
+                "schema_version_unsupported",
+                f"schema_version {version} is not supported (supported: {supported})",
+            )
+        return version
+
+    def _identity(self, value: object, what: str) -> str:
+        if value is MISSING or value is None:
+            raise Refusal("missing_field", f"{what} is missing from the message")
+        if not isinstance(value, str):
+            raise Refusal("invalid_field", f"{what} {value!r} is not a string")
+        problem = segment_problem(value, self.max_segment)
+        if problem:
+            raise Refusal("invalid_field", f"{what} {value!r} {problem}")
+        return value
+
+    def _check_identity(
+        self, mapping: MappingPlan, doc: dict[str, Any], tenant: str, device: str
+    ) -> None:
+        if mapping.device_field is not None:
+            claimed = get_path(doc, mapping.device_field)
+            if claimed is not MISSING and claimed != device:
+                raise Refusal(
+                    "device_mismatch",
+                    f"payload device {claimed!r} does not match the topic's device {device!r}",
+                )
+        if self.registry:
+            devices = self.registry.get(tenant)
+            spec = devices.get(device) if devices is not None else None
+            if spec is None:
+                raise Refusal(
+                    "unknown_device", f"device {device!r} is not registered for tenant {tenant!r}"
+                )
+            if not spec.active:
+                raise Refusal(
+                    "inactive_device", f"device {device!r} of tenant {tenant!r} is inactive"
+                )
+
+    def _event_ms(self, mapping: MappingPlan, doc: dict[str, Any], now: Now) -> int:
+        raw = get_path(doc, mapping.ts_field) if mapping.ts_field is not None else MISSING
+        if raw is MISSING or raw is None:
+            if mapping.ts_required:
+                raise Refusal("invalid_ts", "the event time is missing and the mapping requires it")
+            return now.epoch_ms
+        try:
+            return mapping.ts_parser(raw)
+        except TimestampError as exc:
+            field = ".".join(mapping.ts_field or ())
+            raise Refusal("invalid_ts", f"{field}: {exc}") from None
+
+    @staticmethod
+    def _optional_text(
+        getter: Any, segments: dict[str, str], doc: dict[str, Any], what: str
+    ) -> str | None:
+        if getter is None:
+            return None
+        value = getter(segments, doc)
+        if value is MISSING or value is None:
+            return None
+        if not isinstance(value, str):
+            raise Refusal("invalid_field", f"{what} {value!r} is not a string")
+        return value
+
+    # ------------------------------------------------------------------ metrics
+
+    def _readings(
+        self, mapping: MappingPlan, segments: dict[str, str], doc: dict[str, Any]
+    ) -> Iterator[Reading | Refusal]:
+        """Each metric of the message, or a Refusal for one that cannot be read.
+        A Refusal raised (not yielded) concerns the whole message."""
+        if mapping.metrics_object is not None:
+            yield from self._object_readings(mapping, doc)
+        elif mapping.single is not None:
+            yield self._single_reading(mapping, segments, doc)
+        else:
+            yield from self._declared_readings(mapping, doc)
+
+    def _object_readings(
+        self, mapping: MappingPlan, doc: dict[str, Any]
+    ) -> Iterator[Reading | Refusal]:
+        assert mapping.metrics_object is not None
+        metrics = get_path(doc, mapping.metrics_object)
+        where = ".".join(mapping.metrics_object)
+        if metrics is MISSING or not isinstance(metrics, dict) or not metrics:
+            raise Refusal("missing_metrics", f"{where} must be a non-empty object")
+        if len(metrics) > self.max_metrics:
+            raise Refusal(
+                "too_many_metrics",
+                f"{where} has {len(metrics)} metrics, the limit is {self.max_metrics}",
+            )
+        for name, raw in metrics.items():
+            if not name or len(name) > self.max_segment:
+                yield Refusal(
+                    "invalid_metric_name", f"metric name {name!r} is empty or too long", name
+                )
+                continue
+            try:
+                value, metric_type = typed_value(raw, self.max_string)
+            except Refusal as refusal:
+                yield Refusal(refusal.reason, f"{where}.{name}: {refusal.detail}", name)
+                continue
+            yield name, value, metric_type, None, None
+
+    def _declared_readings(
+        self, mapping: MappingPlan, doc: dict[str, Any]
+    ) -> Iterator[Reading | Refusal]:
+        present = 0
+        for metric in mapping.declared:
+            raw = get_path(doc, metric.path)
+            if raw is MISSING or raw is None:
+                if metric.required:
+                    field = ".".join(metric.path)
+                    yield Refusal("missing_field", f"{field} is missing", metric.name)
+                continue
+            present += 1
+            try:
+                value, metric_type = metric.coerce(raw)
+            except Refusal as refusal:
+                yield Refusal(refusal.reason, refusal.detail, metric.name)
+                continue
+            yield metric.name, value, metric_type, metric.unit, None
+        if not present:
+            # Only optional fields, none of them sent: nothing to report per metric,
+            # and the message must not pass as valid with no metric at all.
+            fields = ", ".join(".".join(m.path) for m in mapping.declared)
+            raise Refusal("missing_metrics", f"none of the declared fields is present ({fields})")
+
+    def _single_reading(
+        self, mapping: MappingPlan, segments: dict[str, str], doc: dict[str, Any]
+    ) -> Reading | Refusal:
+        """The one reading; a value its rule refuses is a metric-level refusal (the
+        message was readable, so its raw bytes still go to the raw topic)."""
+        single = mapping.single
+        assert single is not None
+        name = single.name(segments, doc)
+        if not isinstance(name, str) or not name or len(name) > self.max_segment:
+            raise Refusal(
+                "invalid_metric_name", f"metric name {name!r} is missing, empty or too long"
+            )
+        raw = get_path(doc, single.value_path)
+        if raw is MISSING or raw is None:
+            raise Refusal("missing_metrics", f"{'.'.join(single.value_path)} is missing")
+        try:
+            value, metric_type = single.coerce(raw)
+        except Refusal as refusal:
+            return Refusal(refusal.reason, refusal.detail, name)
+        unit = self._optional_text(single.unit, segments, doc, "unit")
+        quality = self._optional_text(single.quality, segments, doc, "quality")
+        return name, value, metric_type, unit, quality
+
+    def _check_metric(
+        self,
+        name: str,
+        value: Value,
+        metric_type: MetricType,
+        unit: str | None,
+        allowed: frozenset[str] | None,
+    ) -> str | None:
+        """Catalog and registry checks; returns the unit to write."""
+        if allowed is not None and name not in allowed:
+            raise Refusal("unknown_metric", f"metric {name!r} is not allowed for this device")
+        if not self.catalog:
+            return unit
+        spec: MetricSpec | None = self.catalog.get(name)
+        if spec is None:
+            raise Refusal("unknown_metric", f"metric {name!r} is not in the metric catalog")
+        if spec.type != metric_type:
+            raise Refusal(
+                "metric_type_mismatch",
+                f"metric {name!r} is {metric_type}, the catalog says {spec.type}",
+            )
+        if metric_type == "numeric" and not isinstance(value, bool | str):
+            if spec.min is not None and value < spec.min:
+                raise Refusal(
+                    "value_out_of_range", f"metric {name!r} = {value} is below min {spec.min}"
+                )
+            if spec.max is not None and value > spec.max:
+                raise Refusal(
+                    "value_out_of_range", f"metric {name!r} = {value} is above max {spec.max}"
+                )
+        return unit or spec.unit
+
+    # ------------------------------------------------------------------ dead letters
+    def _dead(
+        self,
+        mapping: MappingPlan,
+        topic: str,
+        payload: bytes,
+        now: Now,
+        refusal: Refusal,
+        key: bytes,
+        outcome: Outcome,
+    ) -> None:
+        # An oversized payload is not copied into the dead letter: that would make
+        # the dead-letter record as large as what was refused.
+        if refusal.reason == "payload_too_large":
+            text, encoding = "", "utf-8"
+        else:
+            text, encoding = payload_text(payload)
+        letter = DeadLetter(
+            reason=refusal.reason,
+            detail=refusal.detail,
+            mqtt_topic=topic,
+            mapping=mapping.name,
+            metric=refusal.metric,
+            payload=text,
+            received_at=now.iso,
+        )
+        # Set only when needed: omit_defaults compares by identity, so passing an
+        # equal "utf-8" would still put the field on the wire.
+        if encoding == "base64":
+            letter.payload_encoding = "base64"
+        headers = [("reason", refusal.reason.encode()), ("mqtt_topic", topic.encode())]
+        outcome.records.append(Outgoing(mapping.dead_letter_topic, key, _encode(letter), headers))
+        outcome.dead.append(refusal.reason)

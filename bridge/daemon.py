@@ -1,0 +1,356 @@
+"""The daemon: every part of the bridge under one trio nursery.
+
+Wiring, in start order:
+
+1. signal handling (SIGTERM/SIGINT stop gracefully, a second one forces; SIGHUP
+   reloads), opened first so no early signal is lost;
+2. the embedded MQTT broker, when the config asks for it or nothing answers at
+   the default local address;
+3. the Kafka producer's delivery-report task, and the disk spool with its
+   writer and drain tasks (:mod:`bridge.store_forward`);
+4. the listen address: WebSocket and SSE stream, status, ``/metrics``,
+   ``/healthz`` and ``/readyz`` (503 until the next step is done);
+5. the MQTT client, which feeds :class:`bridge.ingest.Ingest`;
+6. the Kafka-to-MQTT command forwarders.
+
+``bridge.ready`` is logged (and, under systemd, READY=1 sent) once MQTT is
+connected and subscribed and the stream server listens.  Every task has this
+nursery as parent: when one fails, all are cancelled and the error reaches
+:func:`bridge.cli.main`, which prints it without a traceback.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from bridge import health, metrics
+from bridge.auth import AuthConfigError
+from bridge.commands import CommandForwarder
+from bridge.config import Config, ConfigError, SpoolSettings, redacted
+from bridge.core.normalize import Normalizer
+from bridge.core.plan import Plan, PlanError
+from bridge.ingest import Ingest
+from bridge.io import sdnotify
+from bridge.io.embedded_broker import run_embedded_broker
+from bridge.io.http import ListenError, Request, Responder
+from bridge.io.kafka_producer import KafkaProducer
+from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
+from bridge.io.spool import Spool, SpoolError, SpoolStats
+from bridge.stats import IngestStats
+from bridge.store_forward import StoreAndForward
+from bridge.stream.service import StreamService, StreamSettingsError, run_stream
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_LOCAL_BROKERS = {("127.0.0.1", 1883), ("localhost", 1883)}
+SHUTDOWN_DEADLINE_S = 10.0
+#: Allocations between two youngest-generation collections (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+# Reads and compiles the config again (SIGHUP); raises ConfigError or PlanError.
+Loader = Callable[[], tuple[Config, Plan]]
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to change."""
+
+
+def _wants_embedded(config: Config) -> bool:
+    mode = config.mqtt.embedded
+    if mode == "never":
+        return False
+    address = parse_mqtt_url(config.mqtt.url)
+    if mode == "always":
+        return True
+    if (address.host, address.port) not in DEFAULT_LOCAL_BROKERS:
+        return False
+    return not port_answers(address.host, address.port)
+
+
+class Daemon:
+    """Holds the running parts so signal handlers and endpoints can reach them."""
+
+    def __init__(self, config: Config, plan: Plan, loader: Loader) -> None:
+        self.config = config
+        self.loader = loader
+        self.plan = plan
+        self.stats = IngestStats()
+        self.normalizer = Normalizer(plan)
+        self.producer = KafkaProducer(config.kafka, client_id=f"edge-bridge-{socket.gethostname()}")
+        self.ingest = Ingest(self.normalizer, self.producer, self.stats)
+        self.producer.after_reports = self.ingest.after_reports
+        self.mqtt: MqttClient | None = None
+        self.spool: Spool | None = None
+        self.stream: StreamService | None = None
+        self.commands: list[CommandForwarder] = []
+        self._spool_snapshot: SpoolStats | None = None
+        self.ready = False
+        self._stopping = False
+        # Called with the new config after a successful reload (the stream
+        # server takes its connection limits and JWT keys from here).
+        self.reload_hooks: list[Callable[[Config], None]] = []
+
+    def _mqtt_client(self, mqtt_settings: Any) -> MqttClient:
+        subscriptions = [(m.subscription, m.qos) for m in self.plan.mappings]
+        client = MqttClient(mqtt_settings, subscriptions, self.ingest.handle_batch)
+        self.ingest.mqtt = client
+        return client
+
+    async def run(self) -> None:
+        config = self.config
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signals, signals, nursery.cancel_scope)
+                mqtt_settings = config.mqtt
+                if _wants_embedded(config):
+                    address = parse_mqtt_url(config.mqtt.url)
+                    log.info(
+                        "mqtt.embedded_broker",
+                        reason="nothing answers at the default address"
+                        if config.mqtt.embedded == "auto"
+                        else "mqtt.embedded = always",
+                        bind=f"{address.host}:{address.port}",
+                    )
+                    await nursery.start(run_embedded_broker, address.host, address.port, None)
+                    # amqtt speaks MQTT 3.1.1 only.
+                    mqtt_settings = msgspec.structs.replace(mqtt_settings, protocol="3.1.1")
+                else:
+                    log.info("mqtt.external_broker", url=config.mqtt.url)
+                nursery.start_soon(self.producer.run)
+                await self._start_spool(nursery)
+                self.mqtt = self._mqtt_client(mqtt_settings)
+                # The listen address first: /readyz answers 503 while MQTT connects.
+                await self._start_stream(nursery)
+                await nursery.start(self.mqtt.run)
+                for command in self.plan.commands:
+                    forwarder = CommandForwarder(command, config.kafka, self.mqtt, self.producer)
+                    self.commands.append(forwarder)
+                    nursery.start_soon(forwarder.run)
+                self.ready = True
+                log.info(
+                    "bridge.ready",
+                    mappings=[m.name for m in self.plan.mappings],
+                    listen=config.listen,
+                    pid=os.getpid(),
+                )
+                sdnotify.ready()
+                nursery.start_soon(sdnotify.watchdog_loop)
+
+    async def _start_spool(self, nursery: trio.Nursery) -> None:
+        settings = self.config.spool
+        if not settings.enabled:
+            log.warning("spool.disabled", hint="records wait in memory while Kafka is down")
+            return
+        path = spool_path(settings.path, dict(os.environ))
+        try:
+            spool = await trio.to_thread.run_sync(
+                lambda: Spool.from_settings(msgspec.structs.replace(settings, path=path))
+            )
+        except (SpoolError, OSError, ValueError) as exc:
+            raise StartupError(
+                f"cannot open the spool at {path}: {exc} (set spool.path to a writable directory)"
+            ) from None
+        forwarder = StoreAndForward(
+            spool, self.producer, self.stats, fsync_interval_s=settings.fsync_interval_ms / 1000
+        )
+        forwarder.on_written = self._flush_acks
+        self.producer.on_state = lambda state: (
+            forwarder.activate("Kafka is unreachable") if state == "down" else None
+        )
+        self.ingest.spool = forwarder
+        self.spool = spool
+        nursery.start_soon(forwarder.run)
+
+    def _flush_acks(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.flush_writes()
+
+    async def _start_stream(self, nursery: trio.Nursery) -> None:
+        try:
+            self.stream = await nursery.start(run_stream, self.config)
+        except (ListenError, AuthConfigError, StreamSettingsError) as exc:
+            raise StartupError(str(exc)) from None
+        self.reload_hooks.append(self.stream.reload)
+        if self.config.stream.source != "kafka":
+            self.ingest.local_feed = self.stream.feed_local
+            self.ingest.local_topics = frozenset(self.config.stream.topics)
+        self._mount_operations(self.stream)
+
+    def _mount_operations(self, stream: StreamService) -> None:
+        """/metrics, /healthz and /readyz on the stream server's routes."""
+        registry = metrics.build_registry(
+            metrics.Sources(
+                stats=self.stats,
+                mqtt_connected=lambda: self.mqtt is not None and self.mqtt.connected,
+                mqtt_reconnects=lambda: self.mqtt.reconnects if self.mqtt is not None else 0,
+                kafka_state=lambda: self.producer.state,
+                kafka_queue=lambda: len(self.producer),
+                spool=lambda: self._spool_snapshot,
+                stream=stream.status,
+                commands=lambda: {f.plan.mapping.name: f for f in self.commands},
+            )
+        )
+
+        async def metrics_endpoint(request: Request, responder: Responder) -> None:
+            await self._refresh_spool_snapshot()
+            body, content_type = metrics.render(registry, request.headers.get("accept", ""))
+            await responder.send(200, body, content_type)
+
+        async def healthz(_request: Request, responder: Responder) -> None:
+            answer = health.liveness()
+            await responder.send(answer.status, answer.body, answer.content_type)
+
+        async def readyz(_request: Request, responder: Responder) -> None:
+            await self._refresh_spool_snapshot()
+            answer = health.readiness(self._health_state())
+            await responder.send(answer.status, answer.body, answer.content_type)
+
+        stream.router.add("/metrics", metrics_endpoint)
+        stream.router.add("/healthz", healthz)
+        stream.router.add("/readyz", readyz)
+
+    async def _refresh_spool_snapshot(self) -> None:
+        """Spool.stats() takes the spool's lock, which an fsync may hold: read it
+        in a worker thread, once per request, never on the loop."""
+        if self.spool is not None:
+            self._spool_snapshot = await trio.to_thread.run_sync(self.spool.stats)
+
+    def _health_state(self) -> health.HealthState:
+        snapshot = self._spool_snapshot
+        return health.HealthState(
+            started=self.ready,
+            stopping=self._stopping,
+            mqtt_connected=self.mqtt is not None and self.mqtt.connected,
+            kafka_state=self.producer.state,
+            spool=health.spool_state(self.config.spool, snapshot.bytes if snapshot else None),
+        )
+
+    async def _signals(self, signals: Any, scope: trio.CancelScope) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                self.reload()
+                continue
+            if self._stopping:
+                log.warning("bridge.forced_exit", signal=signal.Signals(signum).name)
+                scope.cancel()
+                return
+            self._stopping = True
+            log.info("bridge.stopping", signal=signal.Signals(signum).name)
+            sdnotify.stopping()
+            await self._drain()
+            scope.cancel()
+            return
+
+    def reload(self) -> None:
+        """Apply a new config without dropping connections, or keep the old one
+        and log why.  Mappings, catalog and registry swap atomically (a new
+        Normalizer between two batches); subscriptions are changed in place on
+        the live MQTT session."""
+        try:
+            config, plan = self.loader()
+        except (ConfigError, PlanError) as exc:
+            for line in exc.errors:
+                log.error("bridge.reload_refused", error=line)
+            log.error(
+                "bridge.reload_refused",
+                errors=len(exc.errors),
+                hint="the previous config stays in force; fix the file and send SIGHUP again",
+            )
+            return
+        changed = _restart_only_changes(self.config, config)
+        self.config, self.plan = config, plan
+        self.normalizer = Normalizer(plan, previous=self.normalizer)
+        self.ingest.normalizer = self.normalizer
+        if self.mqtt is not None:
+            self.mqtt.set_subscriptions([(m.subscription, m.qos) for m in plan.mappings])
+        for hook in self.reload_hooks:
+            hook(config)
+        log.info(
+            "bridge.reloaded",
+            mappings=[m.name for m in plan.mappings],
+            needs_restart=changed or None,
+        )
+
+    async def _drain(self) -> None:
+        """Stop taking messages, wait for Kafka to acknowledge what is in flight,
+        send the MQTT acknowledgements, disconnect."""
+        if self.mqtt is not None:
+            self.mqtt.pause()
+        remaining = await self.producer.flush(SHUTDOWN_DEADLINE_S)
+        forwarder = self.ingest.spool
+        if remaining and forwarder is not None:
+            log.warning("kafka.unflushed_at_exit", records=remaining, action="spooled")
+            self.producer.purge()
+            await forwarder.write_queued(wait_for_room=False)
+        elif remaining:
+            log.warning(
+                "kafka.unflushed_at_exit",
+                records=remaining,
+                hint="their MQTT messages were not acknowledged; the broker redelivers them",
+            )
+        if self.mqtt is not None:
+            self.mqtt.flush_writes()
+            await self.mqtt.disconnect()
+        log.info(
+            "bridge.stopped",
+            received=sum(self.stats.received.values()),
+            acked=self.stats.acked,
+            in_flight=self.ingest.in_flight,
+        )
+
+
+def _restart_only_changes(old: Config, new: Config) -> list[str]:
+    """Sections a reload cannot apply to live connections: they take effect at
+    the next restart, and the reload log line says so."""
+    return [
+        name
+        for name in ("mqtt", "kafka", "listen", "spool", "commands")
+        if getattr(old, name) != getattr(new, name)
+    ]
+
+
+def spool_path(configured: str, environ: dict[str, str]) -> str:
+    """Where the spool lives.  An explicit ``spool.path`` wins.  Left at its
+    default, systemd's ``$STATE_DIRECTORY`` is used when set; a user who cannot
+    write the default (a first run by hand) gets ``~/.local/state``."""
+    default = SpoolSettings().path
+    if configured != default:
+        return configured
+    state = environ.get("STATE_DIRECTORY")
+    if state:
+        return os.path.join(state.split(":")[0], "spool")
+    parent = os.path.dirname(default)
+    if os.access(parent, os.W_OK) or os.access(os.path.dirname(parent), os.W_OK):
+        return default
+    home = environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(home, "edge-bridge", "spool")
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the data path.
+
+    Every message allocates objects that live for the few milliseconds until
+    Kafka acknowledges it.  With Python's default thresholds they are swept
+    into the oldest generation before they die, which triggers full
+    collections over every object in the process: about a fifth of the
+    daemon's CPU at 20k msgs/s (docs/benchmarks.md).  A larger youngest
+    generation lets them die young, and freezing what startup allocated keeps
+    it out of every later collection."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
+async def run_daemon(config: Config, plan: Plan, loader: Loader) -> None:
+    log.info("bridge.starting", config=redacted(config))
+    tune_gc()
+    await Daemon(config, plan, loader).run()

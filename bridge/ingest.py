@@ -1,0 +1,195 @@
+"""MQTT messages -> core -> Kafka, and the acknowledgement bookkeeping between.
+
+The rule this module keeps: a QoS 1 message is acknowledged to the broker only
+when Kafka has acknowledged every record made from it (clean, raw, dead letter,
+alarm).  Each message gets a :class:`PendingMessage` counting its records; each
+delivery report decrements it; at zero the MQTT acknowledgement is queued, and
+all acknowledgements of one batch of reports go out in one write.
+
+When Kafka cannot take a record (delivery failed after the delivery timeout,
+or librdkafka's queue is full), the record goes to the disk spool
+(:mod:`bridge.store_forward`) and counts as delivered once the spool has synced
+it.  With the spool disabled, a failed record is produced again (an outage
+longer than the timeout costs duplicates, never loss) and QoS 0 messages that
+find the queue full are dropped and counted rather than stalling MQTT.  QoS 0
+records are dropped and counted the same way while a full spool refuses
+records: only QoS 1 messages can be held back at the broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from bridge.core.normalize import Normalizer, Now
+from bridge.core.records import Outgoing
+from bridge.io.kafka_producer import KafkaProducer
+from bridge.io.mqtt import MqttClient
+from bridge.io.mqtt_wire import InboundMessage
+from bridge.logs import SampledLog
+from bridge.stats import IngestStats
+from bridge.store_forward import StoreAndForward
+
+log = structlog.get_logger(__name__)
+
+
+class PendingMessage:
+    """One MQTT message waiting for its Kafka deliveries."""
+
+    __slots__ = ("generation", "ingest", "mid", "remaining", "started")
+
+    def __init__(self, ingest: Ingest, generation: int, mid: int | None, remaining: int) -> None:
+        self.ingest = ingest
+        self.generation = generation
+        self.mid = mid  # None for QoS 0: nothing to acknowledge
+        self.remaining = remaining
+        self.started = time.monotonic()
+
+    def delivered(self, error: Any, message: Any) -> None:
+        self.ingest.on_delivery(self, error, message)
+
+    def stored(self) -> None:
+        """One of its records is durably in the spool."""
+        self.ingest.finish_one(self)
+
+
+class Ingest:
+    """The ingest path; ``handle_batch`` is the MQTT client's batch handler."""
+
+    def __init__(self, normalizer: Normalizer, producer: KafkaProducer, stats: IngestStats) -> None:
+        self.normalizer = normalizer
+        self.producer = producer
+        self.stats = stats
+        self.mqtt: MqttClient | None = None
+        self.spool: StoreAndForward | None = None
+        # Edge-local mode: clean records of these topics also go straight to the
+        # stream hub, which shows them while Kafka does not feed the stream.
+        self.local_feed: Callable[[bytes], None] | None = None
+        self.local_topics: frozenset[str] = frozenset()
+        self._overflow: deque[tuple[Outgoing, PendingMessage]] = deque()
+        self._unmatched_log = SampledLog("ingest.unmatched_topic", level="info")
+        self._failure_log = SampledLog("kafka.delivery_failed", level="error")
+        self._dropped_log = SampledLog("ingest.qos0_dropped", level="error")
+        self._truncated_log = SampledLog("ingest.user_properties_truncated")
+
+    # ------------------------------------------------------------------ MQTT side
+    def handle_batch(self, messages: list[InboundMessage], generation: int) -> None:
+        """Normalize and produce one wake-up's messages (runs on the trio thread)."""
+        now = Now(time.time_ns() // 1_000_000)
+        process = self.normalizer.process
+        produce = self.producer.produce
+        stats = self.stats
+        acks = []
+        for message in messages:
+            topic = message.topic
+            outcome = process(topic, message.payload, now, message.user_properties)
+            if outcome.properties_truncated:
+                self._truncated_log(topic=topic, bound=self.normalizer.max_user_property_bytes)
+            mapping = outcome.mapping
+            if mapping is None:
+                stats.unmatched += 1
+                self._unmatched_log(topic=topic)
+            else:
+                stats.received[mapping] += 1
+                if outcome.duplicate:
+                    stats.duplicates[mapping] += 1
+                for reason in outcome.dead:
+                    stats.dead_letters[reason] += 1
+            records = outcome.records
+            qos1 = message.qos > 0
+            if not records:
+                if qos1:
+                    acks.append(message.mid)
+                continue
+            pending = PendingMessage(self, generation, message.mid if qos1 else None, len(records))
+            stats.pending_messages += 1
+            spool = self.spool
+            feed = self.local_feed
+            for record in records:
+                if feed is not None and record.topic in self.local_topics:
+                    feed(record.value)
+                if spool is not None and spool.active:
+                    self._spool(record, pending)
+                elif self._overflow or not produce(record, pending):
+                    self._not_taken(record, pending)
+        if acks and self.mqtt is not None:
+            for mid in acks:
+                self.mqtt.ack(generation, mid)
+            stats.acked += len(acks)
+
+    def _not_taken(self, record: Outgoing, pending: PendingMessage) -> None:
+        """librdkafka's queue is full: spool, hold (QoS 1) or drop (QoS 0)."""
+        if self.spool is not None:
+            self.spool.activate("the Kafka producer queue is full")
+            self._spool(record, pending)
+        elif pending.mid is not None:
+            self._overflow.append((record, pending))
+        else:
+            self._drop_qos0(pending, "Kafka is slower than the QoS 0 inflow or down; use QoS 1")
+
+    def _spool(self, record: Outgoing, pending: PendingMessage) -> None:
+        """Queue a record for the spool.  While a full spool refuses records, a
+        QoS 0 record is dropped and counted instead: no acknowledgement holds
+        QoS 0 messages back at the broker, so they would pile up in memory."""
+        assert self.spool is not None
+        if pending.mid is None and self.spool.refusing:
+            self._drop_qos0(pending, "the spool is full; use QoS 1 to have the broker hold them")
+            return
+        self.spool.put(record, pending)
+        self.stats.spooled += 1
+
+    def _drop_qos0(self, pending: PendingMessage, hint: str) -> None:
+        self.stats.dropped_qos0 += 1
+        self._dropped_log(hint=hint)
+        self.finish_one(pending)
+
+    # ------------------------------------------------------------------ Kafka side
+    def on_delivery(self, pending: PendingMessage, error: Any, message: Any) -> None:
+        """One delivery report, on the trio thread (see KafkaProducer)."""
+        if error is not None:
+            self.stats.delivery_failures += 1
+            self._failure_log(topic=message.topic(), error=str(error))
+            record = Outgoing(
+                message.topic(), message.key(), message.value(), message.headers() or []
+            )
+            if self.spool is not None:
+                self.spool.activate(f"Kafka delivery failed: {error}")
+                self._spool(record, pending)
+            elif not self.producer.produce(record, pending):
+                self._overflow.append((record, pending))
+            return
+        self.stats.produced[message.topic()] += 1
+        self.finish_one(pending)
+
+    def finish_one(self, pending: PendingMessage) -> None:
+        """One record of ``pending`` is safe (in Kafka, or synced to the spool)."""
+        pending.remaining -= 1
+        if pending.remaining:
+            return
+        stats = self.stats
+        stats.pending_messages -= 1
+        stats.observe_latency(time.monotonic() - pending.started)
+        if pending.mid is not None and self.mqtt is not None:
+            self.mqtt.ack(pending.generation, pending.mid)
+            stats.acked += 1
+
+    def after_reports(self) -> None:
+        """After a batch of delivery reports: retry the overflow, send the acks."""
+        overflow = self._overflow
+        produce = self.producer.produce
+        while overflow:
+            record, pending = overflow[0]
+            if not produce(record, pending):
+                break
+            overflow.popleft()
+        if self.mqtt is not None:
+            self.mqtt.flush_writes()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages whose records are not all delivered yet."""
+        return self.stats.pending_messages

@@ -1,0 +1,448 @@
+"""paho-mqtt driven from the trio loop, with manual acknowledgements.
+
+paho's external-loop API lets the caller own the waiting: we wait for the socket
+to become readable in trio, then read what is there in a few large ``recv()``
+calls (up to ``READS_PER_WAKEUP``).  paho connects, subscribes, publishes and
+keeps the session alive; the received bytes, though, go through the fast lane
+of :mod:`bridge.io.mqtt_wire`, which decodes QoS 0/1 PUBLISH packets itself
+and hands every other packet to paho.  Acknowledgements are written by us too,
+all of a batch in one ``send()``.  paho's own read path cost more than half of
+the bridge's CPU per message (measured, see docs/benchmarks.md).  The messages
+of one wake-up go to the handler as one batch.
+
+QoS 1 messages are acknowledged by the caller, through :meth:`MqttClient.ack`,
+once Kafka holds every record made from them.  Acknowledgements carry the
+connection *generation* they belong to: a message id from a previous connection
+must never be acknowledged on a new one (it would acknowledge a different
+message); the broker redelivers those instead, as the persistent session
+promises.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+import structlog
+import trio
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridge.config import MqttSettings
+from bridge.io.mqtt_wire import Framer, InboundMessage, MalformedPacket, PahoSocket, puback
+
+log = structlog.get_logger(__name__)
+
+READS_PER_WAKEUP = 8
+RECV_BYTES = 65_536  # about 280 messages of 200 bytes per recv()
+
+BatchHandler = Callable[[list[InboundMessage], int], None]
+
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str) -> BrokerAddress:
+    """``mqtt://host:port`` or ``mqtts://host:port`` (ports default to 1883 / 8883)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL {url!r} has no host")
+    tls = parts.scheme in ("mqtts", "ssl")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ValueError(f"MQTT URL {url!r} has an invalid port") from None
+    return BrokerAddress(parts.hostname, port, tls)
+
+
+class ConnectionLost(Exception):
+    """The session with the broker ended; the run loop reconnects."""
+
+
+class MqttClient:
+    """One logical MQTT session that survives reconnects."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        subscriptions: Sequence[tuple[str, int]],
+        on_batch: BatchHandler,
+    ) -> None:
+        self.settings = settings
+        self.address = parse_mqtt_url(settings.url)
+        self.subscriptions = list(subscriptions)
+        self.on_batch = on_batch
+        self.generation = 0
+        self.connected = False
+        self.reconnects = 0
+        self.paused = False
+        self._inbox: list[InboundMessage] = []
+        self._framer = Framer(v5=settings.protocol == "5")
+        self._sock: socket.socket | None = None
+        self._paho_sock: PahoSocket | None = None
+        self._acks = bytearray()  # PUBACKs not written yet
+        self._acks_started = False  # part of _acks is on the wire: finish before paho writes
+        self._connack: trio.Event | None = None
+        self._connect_error: str | None = None
+        self._client = self._make_client()
+        self._wake = trio.Event()
+
+    # ------------------------------------------------------------------ setup
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        v5 = s.protocol == "5"
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+            clean_session=None if v5 else False,
+            manual_ack=True,
+        )
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if self.address.tls or s.tls is not None:
+            tls = s.tls
+            client.tls_set(
+                ca_certs=tls.ca_file if tls else None,
+                certfile=tls.cert_file if tls else None,
+                keyfile=tls.key_file if tls else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if tls and tls.insecure:
+                client.tls_insecure_set(True)
+        # Registering a write hook stops paho from writing on every ack(): the
+        # run loop flushes once per batch instead.
+        client.on_socket_register_write = lambda *_: None
+        # Commands to devices are QoS 1 publishes: paho's default of 20 in flight
+        # would make a burst crawl at one broker round trip per 20 messages.
+        client.max_inflight_messages_set(1000)
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if self.settings.protocol != "5":
+            return None
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.ReceiveMaximum = self.settings.receive_maximum
+        return props
+
+    # ------------------------------------------------------------------ callbacks (trio thread)
+    def _on_message(self, _client: Any, _userdata: Any, message: paho.MQTTMessage) -> None:
+        # Only what the fast lane leaves to paho: QoS 2, which no mapping asks for.
+        properties = getattr(message, "properties", None)
+        self._inbox.append(
+            InboundMessage(
+                message.topic,
+                bytes(message.payload),
+                message.qos,
+                message.retain,
+                message.mid,
+                getattr(properties, "UserProperty", None),
+            )
+        )
+
+    def _on_connect(
+        self, client: paho.Client, _u: Any, flags: Any, reason: Any, _props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._connect_error = str(reason)
+        else:
+            self._connect_error = None
+            self._session_present = bool(getattr(flags, "session_present", False))
+            if self.subscriptions:
+                client.subscribe(self.subscriptions)
+        if self._connack is not None:
+            self._connack.set()
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error(
+                "mqtt.subscribe_refused",
+                reasons=failed,
+                subscriptions=self.subscriptions,
+                hint="check the broker's ACL for this client",
+            )
+        else:
+            self._subscribed.set()
+
+    # ------------------------------------------------------------------ public
+    def ack(self, generation: int, mid: int) -> None:
+        """Acknowledge a QoS 1 message of connection ``generation`` (sent by the
+        next :meth:`flush_writes`)."""
+        if generation == self.generation and self.connected:
+            self._acks += puback(mid)
+
+    def flush_writes(self) -> None:
+        """Send the queued acknowledgements and whatever paho has queued (pings,
+        publishes, subscriptions), never splicing one into the middle of the
+        other's packet.  Errors are left to the read side, which sees the
+        connection go."""
+        if not self.connected:
+            return
+        client = self._client
+        if not self._acks_started and client.want_write():
+            client.loop_write()
+            if client.want_write():
+                return  # socket full, maybe inside one of paho's packets
+        if self._acks and self._sock is not None:
+            try:
+                sent = self._sock.send(self._acks)
+            except _WOULD_BLOCK:
+                return
+            except OSError:
+                return
+            del self._acks[:sent]
+            self._acks_started = bool(self._acks) and (sent > 0 or self._acks_started)
+
+    def _writes_pending(self) -> bool:
+        return bool(self._acks) or self._client.want_write()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool = False,
+        user_properties: list[tuple[str, str]] | None = None,
+    ) -> paho.MQTTMessageInfo:
+        """Publish from the trio thread (the Kafka-to-MQTT path).  paho keeps a
+        QoS 1 message until the broker acknowledges it, across reconnects; the
+        returned info's ``is_published()`` turns true then.  User properties
+        are sent with MQTT 5 only."""
+        properties = None
+        if user_properties and self.settings.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.UserProperty = user_properties
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        self.flush_writes()
+        return info
+
+    def set_subscriptions(self, subscriptions: Sequence[tuple[str, int]]) -> None:
+        """Change the subscriptions on the live session (hot reload): subscribe
+        the new filters, unsubscribe the dropped ones, keep the connection."""
+        new = list(subscriptions)
+        old_filters = {topic for topic, _ in self.subscriptions}
+        added = [(topic, qos) for topic, qos in new if (topic, qos) not in self.subscriptions]
+        removed = [topic for topic in old_filters if topic not in {t for t, _ in new}]
+        self.subscriptions = new
+        if not self.connected:
+            return
+        if removed:
+            self._client.unsubscribe(removed)
+        if added:
+            self._client.subscribe(added)
+        self.flush_writes()
+        if added or removed:
+            log.info("mqtt.subscriptions_changed", added=[t for t, _ in added], removed=removed)
+
+    def pause(self) -> None:
+        """Stop reading from the broker (graceful shutdown); writes still go out."""
+        self.paused = True
+        self._wake.set()
+
+    async def disconnect(self) -> None:
+        if self.connected:
+            self.flush_writes()  # acknowledgements before the DISCONNECT
+            self._client.disconnect()
+            self.flush_writes()
+            self.connected = False
+
+    # ------------------------------------------------------------------ run
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, read, reconnect with exponential backoff and jitter, forever.
+        ``task_status.started()`` fires after the first subscription is granted."""
+        delay = self.settings.reconnect_min_s
+        started = False
+        while True:
+            try:
+                await self._connect()
+                delay = self.settings.reconnect_min_s
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._read_loop()
+            except ConnectionLost as exc:
+                self.connected = False
+                self.reconnects += 1
+                log.warning(
+                    "mqtt.disconnected",
+                    broker=str(self.address),
+                    reason=str(exc),
+                    retry_in_s=round(delay, 2),
+                )
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    async def _connect(self) -> None:
+        addr = self.address
+        self._connack = trio.Event()
+        self._subscribed = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self._blocking_connect)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConnectionLost(f"cannot connect to {addr}: {exc}") from None
+        sock = self._attach_fast_lane()
+        with trio.move_on_after(max(self.settings.keepalive_s, 5)):
+            while not self._connack.is_set():
+                self._client.loop_write()
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    self._receive()
+                except ConnectionLost:
+                    # A refusing broker sends CONNACK and closes at once: the
+                    # reason, when it arrived, says more than the closed socket.
+                    if self._connect_error:
+                        raise ConnectionLost(
+                            f"{addr} refused the connection: {self._connect_error}"
+                        ) from None
+                    raise ConnectionLost(f"{addr} closed the connection during CONNECT") from None
+        if not self._connack.is_set():
+            self._client.disconnect()
+            raise ConnectionLost(f"{addr} did not answer CONNECT")
+        if self._connect_error is not None:
+            self._client.disconnect()
+            raise ConnectionLost(f"{addr} refused the connection: {self._connect_error}")
+        self.generation += 1
+        self.connected = True
+        self._client.loop_write()
+        self._deliver()  # messages of a resumed session that came with the CONNACK
+        log.info(
+            "mqtt.connected",
+            broker=str(addr),
+            client_id=self.settings.client_id,
+            protocol=self.settings.protocol,
+            session_present=self._session_present,
+            subscriptions=[s for s, _ in self.subscriptions],
+        )
+        with trio.move_on_after(max(self.settings.keepalive_s, 5)):
+            while not self._subscribed.is_set():
+                self._client.loop_write()
+                await trio.lowlevel.wait_readable(sock)
+                self._read_burst()
+        if not self._subscribed.is_set():
+            raise ConnectionLost(f"{addr} did not grant the subscriptions")
+
+    def _blocking_connect(self) -> None:
+        """DNS lookup and TCP/TLS connect: blocking, so it runs in a worker thread."""
+        self._client.connect(
+            self.address.host,
+            self.address.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False
+            if self.settings.protocol == "5"
+            else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=self._connect_properties(),
+        )
+
+    def _attach_fast_lane(self) -> socket.socket:
+        """Put :class:`PahoSocket` between paho and the new connection's socket,
+        so that paho reads only what the fast lane passes on.  paho has no
+        public hook for this; its ``_sock`` attribute is the one place it keeps
+        the socket (paho-mqtt is pinned below 3)."""
+        sock = self._client.socket()
+        if not isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
+            raise ConnectionLost(f"cannot connect to {self.address}: no socket")
+        self._sock = sock
+        self._paho_sock = PahoSocket(sock)
+        self._client._sock = self._paho_sock
+        self._framer = Framer(v5=self.settings.protocol == "5")
+        self._inbox = []
+        self._acks.clear()
+        self._acks_started = False
+        return sock
+
+    def _receive(self) -> None:
+        """Read what the socket has (a few large reads), decode the PUBLISH
+        packets into the inbox and let paho handle every other packet."""
+        sock, paho_sock, client = self._sock, self._paho_sock, self._client
+        assert sock is not None and paho_sock is not None
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data = sock.recv(RECV_BYTES)
+            except _WOULD_BLOCK:
+                break
+            except OSError as exc:
+                raise ConnectionLost(f"read failed: {exc}") from None
+            if not data:
+                raise ConnectionLost("the broker closed the connection")
+            try:
+                messages, other = self._framer.feed(data)
+            except MalformedPacket as exc:
+                raise ConnectionLost(f"malformed packet from the broker: {exc}") from None
+            self._inbox += messages
+            if other:
+                paho_sock.give(other)
+                while paho_sock.has_data:
+                    rc = client.loop_read()
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        raise ConnectionLost(f"read failed: {paho.error_string(rc)}")
+            if len(data) < RECV_BYTES:
+                break
+
+    def _read_burst(self) -> None:
+        """Receive, then hand the messages on as one batch (also when the
+        connection broke after they arrived)."""
+        try:
+            self._receive()
+        finally:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        if self._inbox:
+            batch, self._inbox = self._inbox, []
+            self.on_batch(batch, self.generation)
+
+    async def _read_loop(self) -> None:
+        client = self._client
+        sock = self._sock
+        assert sock is not None
+        tick = max(min(self.settings.keepalive_s / 4, 1.0), 0.05)
+        while True:
+            if self._writes_pending():
+                with trio.move_on_after(tick):
+                    await trio.lowlevel.wait_writable(sock)
+                self.flush_writes()
+            if self.paused:
+                with trio.move_on_after(tick):
+                    await self._wake.wait()
+            else:
+                # TLS may hold decrypted bytes the descriptor no longer shows.
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                    with trio.move_on_after(tick):
+                        await trio.lowlevel.wait_readable(sock)
+                self._read_burst()
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise ConnectionLost("keepalive timed out")
+            self.flush_writes()
+
+
+def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at host:port (blocking)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,638 @@
+"""Disk store-and-forward spool: Kafka records kept on local disk while Kafka is
+unreachable or slow, delivered in append order when it is back.
+
+Layout of the spool directory::
+
+    00000000000000000001.seg   segments, named by the sequence number of their
+    00000000000000004711.seg   first record (format: bridge.core.spool_format)
+    cursor                     the highest delivered sequence number (+ CRC)
+    lock                       flock'ed while a process has the spool open
+
+The contract with the caller
+----------------------------
+* ``append(records)`` assigns consecutive sequence numbers and returns the last
+  one; ``sync()`` makes everything appended so far durable and returns the
+  highest durable sequence number.  An MQTT message may be acknowledged once
+  ``sync()`` returned a number >= the sequence of each of its records.
+* ``read()`` hands out durable records in append order; once Kafka acknowledged
+  every record up to some sequence number, ``ack_through(seq)`` records that in
+  the cursor file and deletes the segments that are fully delivered.
+  ``rewind()`` goes back to the first unacknowledged record after a failed
+  produce.
+* Delivery is at-least-once.  Duplicates appear only for records that were
+  produced to Kafka but not yet covered by an ``ack_through`` when the process
+  died (the ones in flight: at most what the caller read and did not ack), and
+  for records re-read after ``rewind()``.  The cursor file is replaced with
+  rename after an fsync of the new file, so it is always either the old or the
+  new position; the directory is not fsynced for it, so a power loss right
+  after an ack can bring back the previous position: more duplicates (bounded by
+  the same in-flight window), never a loss.
+* ``when_full="backpressure"``: an ``append`` that does not fit raises
+  :class:`SpoolFull` and writes nothing (all or nothing per batch), so the caller
+  stops acknowledging MQTT and the broker keeps the backlog.
+  ``when_full="drop_oldest"``: the oldest segment is deleted until the batch fits;
+  ``Appended.dropped`` says how many undelivered records went with it (records
+  already read but not yet acknowledged count as dropped, even if Kafka later
+  takes them).
+* Crash safety: records are framed with length and CRC32.  Segments are fsynced
+  when they are sealed (rotation), so only the newest segment can have a torn
+  tail; ``__init__`` scans it, logs ``spool.torn_tail`` once with the segment and
+  byte offset, and truncates there.  Nothing before that point is lost.  Damage
+  in the middle of an older segment (bad storage, not a crash) is found by
+  ``read()``: it logs ``spool.corrupt_records`` with the count and continues with
+  the next segment instead of getting stuck.
+
+Threads: every public method is blocking file I/O, meant to be called through
+``trio.to_thread.run_sync``.  Calls are serialized by an internal lock, so the
+append/sync path and the drain path may live in different worker threads; they
+do not run in parallel (a read waits for an fsync in progress).  One process at
+a time: the ``lock`` file is flock'ed, a second opener gets
+:class:`SpoolLocked`.
+
+Why segment files and not sqlite3 (WAL)
+---------------------------------------
+sqlite3 is in the standard library and would take the torn-write handling off
+our hands, so it was measured against this module on the spool's workload:
+20,000 Kafka records of ~390 bytes (6.9 MB of frames), appended in batches of
+100 with a durable commit per batch, then drained 500 at a time with a delete
+(or ``ack_through``) per batch.  ext4, Linux 6.18, 2 vCPU, three runs each::
+
+                                 append+sync     batch p99   written to disk     size after drain
+    segments (this module)       210-270k rec/s  0.5-2 ms    7.7 + 0.2 MB        0
+    sqlite WAL, synchronous=FULL 130-180k rec/s  ~7 ms       16.2 + 15.6 MB      6.9 MB
+      + auto_vacuum=INCREMENTAL  145-170k rec/s  ~7 ms       16.6 + 15.8 MB      0
+
+``synchronous=FULL`` is the only durable WAL setting (``NORMAL`` may lose the
+last commits on power loss, which would break "acknowledged means stored").
+Then SQLite writes every byte twice (WAL, then the checkpoint into the
+database) and writes pages again to delete delivered rows: 4x the bytes the
+segments write, which on a gateway's SD card or eMMC is 4x the wear.  Freed
+pages stay in the file unless incremental auto-vacuum runs after each delete,
+and ``max_bytes`` becomes an estimate from page counts plus the WAL.  The
+checkpoints show as a 7 ms tail on commits.  The spool uses nothing SQLite is
+good at (random access, queries, updates): it is a queue, written once at the
+tail and dropped a whole file at a time at the head.  Segments write each byte
+once, free space with one ``unlink``, bound their size exactly, and the crash
+rule fits in a paragraph (above).  (Written to disk: while appending + while
+draining, from /proc/self/io.)
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import struct
+import sys
+import threading
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import structlog
+
+from bridge.config import SpoolSettings
+from bridge.core.records import Outgoing
+from bridge.core.spool_format import (
+    CORRUPT,
+    FRAME_OVERHEAD,
+    HEADER_SIZE,
+    SEGMENT_HEADER,
+    SEGMENT_MAGIC,
+    RecordTooLarge,
+    SpoolEntry,
+    Stop,
+    decode_frames,
+    encode_frame,
+    headers_needed,
+    needs_new_segment,
+)
+
+__all__ = [
+    "Appended",
+    "RecordTooLarge",
+    "Spool",
+    "SpoolEntry",
+    "SpoolError",
+    "SpoolFull",
+    "SpoolLocked",
+    "SpoolStats",
+]
+
+log = structlog.get_logger(__name__)
+
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
+_CURSOR = struct.Struct("<8sQI")
+_CURSOR_MAGIC = b"EBCURSOR"
+_SCAN_CHUNK = 1 << 20
+
+if sys.platform == "linux":
+    _datasync = os.fdatasync
+else:  # pragma: no cover - the daemon runs on Linux; fdatasync is missing on macOS
+    _datasync = os.fsync
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used (unsupported format, I/O failure)."""
+
+
+class SpoolFull(SpoolError):
+    """The batch does not fit: ``max_bytes`` reached under the backpressure policy,
+    or the file system is full.  Nothing of the batch was stored unless the file
+    system filled up mid-batch; in every case the caller must not acknowledge."""
+
+
+class SpoolLocked(SpoolError):
+    """Another process has this spool directory open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Result of :meth:`Spool.append`: the sequence number of the batch's last
+    record, and how many undelivered records ``drop_oldest`` deleted to make room."""
+
+    last_seq: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """A snapshot for metrics and status.  ``dropped_total`` and ``corrupt_total``
+    count since this process opened the spool."""
+
+    bytes: int
+    records_pending: int
+    segments: int
+    dropped_total: int
+    corrupt_total: int
+
+
+@dataclass(slots=True, eq=False)
+class _Segment:
+    first_seq: int
+    path: Path
+    size: int
+    """Bytes written (header included)."""
+    durable: int
+    """Bytes known to be on disk; the reader stops here."""
+    end_seq: int
+    """The sequence number after its last record."""
+    deleted: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Reader:
+    segment: _Segment
+    fd: int
+    offset: int
+    seq: int
+    """The sequence number of the frame at ``offset``."""
+
+
+def _segment_path(directory: Path, first_seq: int) -> Path:
+    return directory / f"{first_seq:020d}.seg"
+
+
+class Spool:
+    """An open spool directory.  See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        segment_bytes: int,
+        when_full: Literal["backpressure", "drop_oldest"],
+    ) -> None:
+        if segment_bytes < HEADER_SIZE + FRAME_OVERHEAD + 64:
+            raise ValueError(f"spool segment_bytes {segment_bytes} is too small")
+        if max_bytes < 2 * segment_bytes:
+            # drop_oldest must always find a sealed segment to delete.
+            raise ValueError(
+                f"spool max_bytes ({max_bytes}) must be at least twice segment_bytes "
+                f"({segment_bytes})"
+            )
+        self._dir = Path(path)
+        self._max_bytes = max_bytes
+        self._segment_bytes = segment_bytes
+        self._when_full = when_full
+        self._lock = threading.Lock()
+        self._dropped_total = 0
+        self._corrupt_total = 0
+        self._dir_dirty = False
+        self._reader: _Reader | None = None
+        self._read_high = 0
+        self._lost: list[tuple[int, int]] = []
+        self._active: _Segment | None = None
+        self._active_fd = -1
+
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock_fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SpoolLocked(f"spool {self._dir} is in use by another process") from None
+        self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._recover()
+        except BaseException:
+            self._close_fds()
+            raise
+
+    @classmethod
+    def from_settings(cls, settings: SpoolSettings) -> Spool:
+        return cls(
+            settings.path,
+            max_bytes=settings.max_bytes,
+            segment_bytes=settings.segment_bytes,
+            when_full=settings.when_full,
+        )
+
+    @property
+    def path(self) -> Path:
+        """The spool directory."""
+        return self._dir
+
+    # ------------------------------------------------------------------ recovery
+    def _recover(self) -> None:
+        self._acked = self._load_cursor()
+        self._read_high = self._acked
+        found = sorted(
+            (int(m.group(1)), self._dir / m.group(0))
+            for m in map(_SEGMENT_NAME.match, os.listdir(self._dir))
+            if m is not None
+        )
+        segments: list[_Segment] = []
+        for index, (first_seq, path) in enumerate(found):
+            size = path.stat().st_size
+            if index + 1 < len(found):
+                self._check_version(path)
+                end_seq = found[index + 1][0]
+                segments.append(_Segment(first_seq, path, size, size, end_seq))
+            else:
+                segments.append(self._scan_tail(first_seq, path, size))
+        self._segments = segments
+        self._next_seq = max(segments[-1].end_seq if segments else 1, self._acked + 1)
+        self._durable_seq = self._next_seq - 1
+        self._delete_delivered()
+        last = self._segments[-1] if self._segments else None
+        if last is not None and last.end_seq == self._next_seq and last.size < self._segment_bytes:
+            self._active = last
+            self._active_fd = os.open(last.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._read_seq = self._first_undelivered()
+        log.info(
+            "spool.opened",
+            path=str(self._dir),
+            segments=len(self._segments),
+            records_pending=self._next_seq - self._read_seq,
+            bytes=self._bytes_total(),
+        )
+
+    def _load_cursor(self) -> int:
+        try:
+            raw = (self._dir / "cursor").read_bytes()
+        except FileNotFoundError:
+            return 0
+        if len(raw) == _CURSOR.size:
+            magic, acked, crc = _CURSOR.unpack(raw)
+            if magic == _CURSOR_MAGIC and crc == zlib.crc32(raw[:-4]):
+                return int(acked)
+        # Cannot happen through a crash (the file is replaced by rename); starting
+        # over from the oldest segment resends, it does not lose.
+        log.warning("spool.cursor_invalid", path=str(self._dir / "cursor"), size=len(raw))
+        return 0
+
+    def _check_version(self, path: Path) -> None:
+        with path.open("rb") as fh:
+            header = fh.read(HEADER_SIZE)
+        # A short or foreign header is damage (handled as such); a whole header with
+        # our magic and another version is a format this code must not touch.
+        if (
+            len(header) == HEADER_SIZE
+            and header.startswith(SEGMENT_MAGIC)
+            and header != SEGMENT_HEADER
+        ):
+            raise SpoolError(f"{path}: unsupported spool segment version {header[-1]}")
+
+    def _scan_tail(self, first_seq: int, path: Path, size: int) -> _Segment:
+        """Find the end of the valid records of the newest segment; truncate a torn
+        tail (logged once, with the byte offset)."""
+        self._check_version(path)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            offset, seq, reason = 0, first_seq, "bad segment header"
+            if os.pread(fd, HEADER_SIZE, 0) == SEGMENT_HEADER:
+                offset, reason = HEADER_SIZE, ""
+            need = 0
+            while not reason and offset < size:
+                decoded = decode_frames(os.pread(fd, max(_SCAN_CHUNK, need), offset), seq)
+                offset += decoded.consumed
+                seq += len(decoded.entries)
+                need = decoded.need
+                if decoded.stop in CORRUPT or (
+                    decoded.stop is Stop.INCOMPLETE and offset + need > size
+                ):
+                    reason = decoded.stop.value
+            if offset < size or offset == 0:
+                log.warning(
+                    "spool.torn_tail",
+                    segment=path.name,
+                    offset=offset,
+                    discarded_bytes=size - offset,
+                    reason=reason,
+                )
+                os.ftruncate(fd, offset)
+                if offset == 0:
+                    os.write(fd, SEGMENT_HEADER)
+                    offset = HEADER_SIZE
+            # What survived may still be only in the page cache (kill -9): make it
+            # durable before it counts as stored.
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return _Segment(first_seq, path, offset, offset, seq)
+
+    # ------------------------------------------------------------------ writing
+    def append(self, records: Sequence[Outgoing]) -> Appended:
+        """Store a batch (not yet durable: see :meth:`sync`).
+
+        Raises :class:`SpoolFull` (backpressure policy, or disk full) and
+        :class:`RecordTooLarge` (a record bigger than a segment); in both cases
+        nothing of the batch is acknowledged-safe.
+        """
+        with self._lock:
+            frames = [encode_frame(seq, r) for seq, r in enumerate(records, self._next_seq)]
+            for frame in frames:
+                if HEADER_SIZE + len(frame) > self._segment_bytes:
+                    raise RecordTooLarge(
+                        f"spool record of {len(frame)} bytes does not fit a segment of "
+                        f"{self._segment_bytes} bytes"
+                    )
+            if self._when_full == "backpressure":
+                self._check_room([len(f) for f in frames])
+            dropped = 0
+            run: list[bytes] = []
+            run_bytes = 0
+            for frame in frames:
+                used = self._active.size + run_bytes if self._active is not None else -1
+                if needs_new_segment(used, len(frame), self._segment_bytes):
+                    self._write(run)
+                    run, run_bytes = [], 0
+                    self._open_segment()
+                if self._when_full == "drop_oldest":
+                    while self._bytes_total() + run_bytes + len(frame) > self._max_bytes:
+                        dropped += self._drop_oldest()
+                run.append(frame)
+                run_bytes += len(frame)
+            self._write(run)
+            self._dropped_total += dropped
+            return Appended(self._next_seq - 1, dropped)
+
+    def _check_room(self, sizes: list[int]) -> None:
+        used = self._active.size if self._active is not None else -1
+        needed = sum(sizes) + HEADER_SIZE * headers_needed(sizes, used, self._segment_bytes)
+        if self._bytes_total() + needed > self._max_bytes:
+            raise SpoolFull(
+                f"spool {self._dir} is full ({self._bytes_total()} of {self._max_bytes} bytes)"
+            )
+
+    def _write(self, frames: list[bytes]) -> None:
+        if not frames:
+            return
+        active = self._active
+        assert active is not None, "a segment is opened before the first frame"
+        data = memoryview(b"".join(frames))
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._active_fd, data[written:])
+        except OSError as exc:
+            os.ftruncate(self._active_fd, active.size)  # no half frame left behind
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"spool {self._dir}: file system full") from exc
+            raise
+        active.size += len(data)
+        active.end_seq += len(frames)
+        self._next_seq += len(frames)
+
+    def _open_segment(self) -> None:
+        """Seal the active segment (fsync, so only the newest can be torn) and
+        start a new one at the next sequence number."""
+        if self._active is not None:
+            os.fsync(self._active_fd)
+            self._active.durable = self._active.size
+            os.close(self._active_fd)
+            self._active, self._active_fd = None, -1
+        path = _segment_path(self._dir, self._next_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.write(fd, SEGMENT_HEADER)
+        segment = _Segment(self._next_seq, path, HEADER_SIZE, HEADER_SIZE, self._next_seq)
+        self._segments.append(segment)
+        self._active, self._active_fd = segment, fd
+        self._dir_dirty = True
+
+    def _drop_oldest(self) -> int:
+        """Delete the oldest sealed segment; return its undelivered record count."""
+        victim = self._segments[0]
+        # max_bytes >= 2 * segment_bytes guarantees a sealed segment exists here.
+        assert victim is not self._active
+        dropped = victim.end_seq - max(victim.first_seq, self._acked + 1)
+        self._remove(victim)
+        return max(dropped, 0)
+
+    def sync(self) -> int:
+        """Make every appended record durable; return the highest durable sequence
+        number (0 when nothing was ever appended)."""
+        with self._lock:
+            if self._active is not None and self._active.durable < self._active.size:
+                _datasync(self._active_fd)
+                self._active.durable = self._active.size
+            if self._dir_dirty:
+                os.fsync(self._dir_fd)
+                self._dir_dirty = False
+            self._durable_seq = self._next_seq - 1
+            return self._durable_seq
+
+    # ------------------------------------------------------------------ draining
+    def read(self, max_records: int = 1000, max_bytes: int = 1 << 20) -> list[SpoolEntry]:
+        """The next durable records in append order, up to ``max_records`` or about
+        ``max_bytes`` of frames; empty when nothing is waiting.  Each call continues
+        where the previous one stopped (see :meth:`rewind`)."""
+        with self._lock:
+            out: list[SpoolEntry] = []
+            budget = max_bytes
+            need = 0
+            while len(out) < max_records and budget > 0:
+                reader = self._position_reader()
+                if reader is None:
+                    break
+                segment = reader.segment
+                if reader.offset >= segment.durable:
+                    if segment is self._active:
+                        break  # caught up with what is durable
+                    if reader.seq < segment.end_seq:  # shorter than its neighbour says
+                        self._skip_corrupt(reader, "segment ends early")
+                    self._leave_segment()
+                    continue
+                chunk = os.pread(
+                    reader.fd,
+                    min(segment.durable - reader.offset, max(budget, need)),
+                    reader.offset,
+                )
+                skip = self._read_seq - reader.seq
+                decoded = decode_frames(chunk, reader.seq, max_records - len(out) + skip)
+                out.extend(decoded.entries[skip:])
+                if out:
+                    self._read_high = max(self._read_high, out[-1].seq)
+                reader.offset += decoded.consumed
+                reader.seq += len(decoded.entries)
+                self._read_seq = max(self._read_seq, reader.seq)
+                budget -= decoded.consumed
+                need = decoded.need
+                if decoded.stop in CORRUPT or (
+                    decoded.stop is Stop.INCOMPLETE and reader.offset + need > segment.durable
+                ):
+                    self._skip_corrupt(reader, decoded.stop.value)
+            return out
+
+    def _position_reader(self) -> _Reader | None:
+        """The reader at the segment holding ``_read_seq`` (None: nothing to read)."""
+        if self._reader is not None and not self._reader.segment.deleted:
+            return self._reader
+        self._leave_segment()
+        self._read_seq = max(self._read_seq, self._segments[0].first_seq if self._segments else 0)
+        for segment in self._segments:
+            if segment.first_seq <= self._read_seq < segment.end_seq:
+                fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+                # Start at the first frame; frames before _read_seq are skipped.
+                self._reader = _Reader(segment, fd, HEADER_SIZE, segment.first_seq)
+                return self._reader
+        return None
+
+    def _leave_segment(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader.fd)
+            self._read_seq = max(self._read_seq, self._reader.segment.end_seq)
+            self._reader = None
+
+    def _skip_corrupt(self, reader: _Reader, reason: str) -> None:
+        """Give up on the rest of the reader's segment: a damaged frame cannot be
+        stepped over (its length is not trusted), and getting stuck on it would
+        stop the whole drain.  The lost range counts as delivered once everything
+        before it is, so that ``records_pending`` can reach zero."""
+        segment = reader.segment
+        lost = segment.end_seq - reader.seq
+        log.error(
+            "spool.corrupt_records",
+            segment=segment.path.name,
+            offset=reader.offset,
+            reason=reason,
+            records_lost=lost,
+        )
+        if (reader.seq, segment.end_seq) not in self._lost:  # not again after a rewind
+            self._corrupt_total += lost
+            self._lost.append((reader.seq, segment.end_seq))
+        reader.offset, reader.seq = segment.size, segment.end_seq
+        self._read_seq = max(self._read_seq, segment.end_seq)
+        self._advance_acked(self._acked)
+
+    def rewind(self) -> None:
+        """Read again from the first record not covered by :meth:`ack_through`
+        (after a produce failed for records already read)."""
+        with self._lock:
+            self._leave_segment()
+            self._read_seq = self._first_undelivered()
+
+    def ack_through(self, seq: int) -> None:
+        """Every record up to ``seq`` is acknowledged by Kafka: persist the cursor and
+        delete the segments that are fully delivered."""
+        with self._lock:
+            if seq > self._read_high:
+                raise ValueError(f"ack_through({seq}) beyond what was read ({self._read_high})")
+            self._advance_acked(seq)
+
+    def _advance_acked(self, seq: int) -> None:
+        acked = max(seq, self._acked)
+        while self._lost and self._lost[0][0] <= acked + 1:
+            acked = max(acked, self._lost.pop(0)[1] - 1)
+        if acked > self._acked:
+            self._acked = acked
+            self._write_cursor()
+            self._delete_delivered()
+
+    def _write_cursor(self) -> None:
+        body = _CURSOR_MAGIC + struct.pack("<Q", self._acked)
+        tmp = self._dir / "cursor.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, body + struct.pack("<I", zlib.crc32(body)))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._dir / "cursor")
+
+    def _delete_delivered(self) -> None:
+        while self._segments and self._segments[0].end_seq - 1 <= self._acked:
+            self._remove(self._segments[0])
+
+    def _remove(self, segment: _Segment) -> None:
+        if segment is self._active:
+            os.close(self._active_fd)
+            self._active, self._active_fd = None, -1
+        segment.deleted = True
+        self._segments.remove(segment)
+        segment.path.unlink()
+
+    # ------------------------------------------------------------------ status
+    def _bytes_total(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def _first_undelivered(self) -> int:
+        first = self._segments[0].first_seq if self._segments else self._next_seq
+        return max(self._acked + 1, first)
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            return SpoolStats(
+                bytes=self._bytes_total(),
+                records_pending=self._next_seq - self._first_undelivered(),
+                segments=len(self._segments),
+                dropped_total=self._dropped_total,
+                corrupt_total=self._corrupt_total,
+            )
+
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Sync what was appended, then release the files and the lock.  Idempotent."""
+        if self._lock_fd < 0:
+            return
+        self.sync()
+        with self._lock:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader.fd)
+            self._reader = None
+        if self._active_fd >= 0:
+            os.close(self._active_fd)
+            self._active_fd = -1
+        os.close(self._dir_fd)
+        os.close(self._lock_fd)
+        self._dir_fd = self._lock_fd = -1
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

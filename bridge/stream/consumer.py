@@ -1,0 +1,319 @@
+"""The stream's Kafka consumer (confluent-kafka) beside trio.
+
+``consume()`` blocks in librdkafka, so it runs in a worker thread with a short
+timeout; the trio side dispatches each batch to the hub between calls.  The
+librdkafka callbacks (errors, statistics, assignment) are served inside
+``consume()`` on that worker thread: they only record what happened, and the
+trio side acts on it after the call returns.  The one exception is the
+assignment callback, which must set the start offsets before it returns; it
+only *reads* the hub's positions, which are written by this same task's trio
+side, never while the thread runs.
+
+Start offsets, decided per partition at each assignment:
+- a partition the stream already read: where it stopped (an eager rebalance,
+  for example when a new topic appears, must not skip or repeat anything);
+- a partition of a topic first seen missing: its beginning, since every record
+  in it was written after the stream started (Tansu and Kafka create topics on
+  first produce);
+- with a configured ``group_id``: the group's committed offset, if any;
+- otherwise the end (``latest``): a daemon starts with what happens next.
+Resolving them here, rather than leaving ``auto.offset.reset`` to it, gives
+the hub a position for every partition from the start, which the SSE cursor
+needs (see :mod:`bridge.core.events`).
+
+Kafka state, in the status: ``connecting`` until the first assignment,
+``ok`` while brokers answer, ``down`` after librdkafka reports all brokers
+down (back to ``ok`` when the statistics show one up or a record arrives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import structlog
+import trio
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from bridge.config import KafkaSettings, StreamSettings
+from bridge.core.events import iso_utc
+from bridge.io.kafka_logs import librdkafka_logger
+from bridge.logs import SampledLog
+from bridge.stream.hub import Hub
+
+log = structlog.get_logger(__name__)
+
+KafkaState = Literal["connecting", "ok", "down", "disabled"]
+
+CONSUME_TIMEOUT_S = 0.5
+#: Bound on the broker round trips made inside the assignment callback.
+OFFSET_QUERY_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 5.0
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 30.0
+
+
+def fetch(consumer: Consumer, batch: int, timeout: float) -> list[Message]:
+    """Up to ``batch`` messages, waiting at most ``timeout`` for the first (call
+    it in a worker thread).
+
+    ``consume(n, timeout)`` alone waits until it has ``n`` messages or the time
+    is up, which at a trickle of records would add the whole timeout to every
+    event's latency; waiting for one and then taking whatever else is ready
+    keeps both the latency and the batching.
+    """
+    first: list[Message] = consumer.consume(1, timeout)
+    if not first or batch == 1:
+        return first
+    rest: list[Message] = consumer.consume(batch - 1, 0)
+    return first + rest
+
+
+def default_group_id() -> str:
+    """A group of this process's own, so that every daemon instance reads every
+    record; the random part keeps a restarted process out of the old
+    generation's group."""
+    return f"edge-bridge-stream-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def consumer_config(kafka: KafkaSettings, stream: StreamSettings, group_id: str) -> dict[str, Any]:
+    """librdkafka settings: ours, then ``kafka.properties`` (SASL, TLS ...),
+    then ``stream.consumer_properties``, which win."""
+    return {
+        "bootstrap.servers": kafka.bootstrap,
+        "client.id": "edge-bridge-stream",
+        "group.id": group_id,
+        "auto.offset.reset": "latest",
+        # Commits only mean something for a group that outlives the process.
+        "enable.auto.commit": stream.group_id is not None,
+        "session.timeout.ms": stream.session_timeout_ms,
+        "heartbeat.interval.ms": max(100, stream.session_timeout_ms // 3),
+        "statistics.interval.ms": 5000,
+        # A subscribed topic that does not exist yet is looked for this often.
+        "topic.metadata.refresh.interval.ms": 5000,
+        # A live stream: do not let an idle fetch sit on new records.
+        "fetch.wait.max.ms": 100,
+        # librdkafka retries a down broker every 100 ms by default; back off to 10 s.
+        "reconnect.backoff.max.ms": 10_000,
+        **kafka.properties,
+        **stream.consumer_properties,
+    }
+
+
+class _BrokerStats(msgspec.Struct):
+    state: str = ""
+    nodeid: int = -1
+
+
+class _PartitionStats(msgspec.Struct):
+    hi_offset: int = -1
+
+
+class _TopicStats(msgspec.Struct):
+    partitions: dict[str, _PartitionStats] = {}
+
+
+class _Stats(msgspec.Struct):
+    brokers: dict[str, _BrokerStats] = {}
+    topics: dict[str, _TopicStats] = {}
+
+
+_stats_decoder = msgspec.json.Decoder(_Stats)
+
+
+@dataclass
+class _ThreadNotes:
+    """What the callbacks saw during one ``consume()`` call (worker thread)."""
+
+    assigned: list[tuple[str, int, int]] = field(default_factory=list)
+    any_assignment: bool = False
+    all_brokers_down: bool = False
+    fatal: KafkaError | None = None
+    errors: list[KafkaError] = field(default_factory=list)
+    stats: _Stats | None = None
+
+
+class KafkaSource:
+    """Reads ``stream.topics`` and feeds the hub until cancelled."""
+
+    def __init__(self, kafka: KafkaSettings, stream: StreamSettings, hub: Hub) -> None:
+        self._kafka = kafka
+        self._stream = stream
+        self._hub = hub
+        self.group_id = stream.group_id or default_group_id()
+        self.state: KafkaState = "connecting"
+        self.assigned: set[tuple[str, int]] = set()
+        self.high_watermarks: dict[tuple[str, int], int] = {}
+        self._missing_topics: set[str] = set()
+        self._notes = _ThreadNotes()
+        self._kafka_errors = SampledLog("stream.kafka_error")
+        self._record_errors = SampledLog("stream.kafka_record_error")
+
+    # ----------------------------------------------------------------- trio side
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            try:
+                consumer = Consumer(
+                    consumer_config(self._kafka, self._stream, self.group_id)
+                    | {
+                        "error_cb": self._on_error,
+                        "stats_cb": self._on_stats,
+                        "logger": librdkafka_logger("stream"),
+                    }
+                )
+                consumer.subscribe(list(self._stream.topics), on_assign=self._on_assign)
+            except KafkaException as exc:
+                log.error("stream.kafka_consumer_failed", error=str(exc), retry_in_s=backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            log.info(
+                "stream.kafka_consumer_started",
+                topics=self._stream.topics,
+                group_id=self.group_id,
+                bootstrap=self._kafka.bootstrap,
+            )
+            try:
+                fatal = await self._consume(consumer)
+            finally:
+                with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                    await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
+            log.error("stream.kafka_fatal", error=str(fatal), retry_in_s=backoff)
+            self._set_state("connecting")
+            self.assigned.clear()
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _consume(self, consumer: Consumer) -> KafkaError:
+        """Batches until a fatal error, which is returned."""
+        batch_size = max(1, self._stream.consume_batch)
+        while True:
+            messages = await trio.to_thread.run_sync(fetch, consumer, batch_size, CONSUME_TIMEOUT_S)
+            notes, self._notes = self._notes, _ThreadNotes()
+            self._apply(notes)
+            if notes.fatal is not None:
+                return notes.fatal
+            if messages:
+                self._publish(messages)
+
+    def _apply(self, notes: _ThreadNotes) -> None:
+        hub = self._hub
+        for topic, partition, offset in notes.assigned:
+            if offset >= 0:
+                hub.positions.setdefault(topic, {})[partition] = offset
+            self._missing_topics.discard(topic)
+        if notes.any_assignment:
+            self.assigned = {(t, p) for t, p, _ in notes.assigned}
+            log.info(
+                "stream.partitions_assigned",
+                partitions=[f"{t}/{p}@{o}" for t, p, o in notes.assigned],
+            )
+            if self.assigned:
+                self._set_state("ok")
+        for error in notes.errors:
+            self._kafka_errors(code=error.name(), error=error.str())
+        if notes.all_brokers_down and self.state == "ok":
+            self._set_state("down")
+        if notes.stats is not None:
+            self._apply_stats(notes.stats)
+
+    def _apply_stats(self, stats: _Stats) -> None:
+        for topic, topic_stats in stats.topics.items():
+            for name, partition in topic_stats.partitions.items():
+                if name != "-1" and partition.hi_offset >= 0:
+                    self.high_watermarks[(topic, int(name))] = partition.hi_offset
+        learned = [b for b in stats.brokers.values() if b.nodeid >= 0]
+        if not learned:
+            return
+        up = any(b.state == "UP" for b in learned)
+        if up and self.state == "down" and self.assigned:
+            self._set_state("ok")
+        elif not up and self.state == "ok":
+            self._set_state("down")
+
+    def _publish(self, messages: list[Message]) -> None:
+        sent_at = iso_utc(time.time_ns())
+        publish = self._hub.publish_kafka
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._record_error(message, error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None and partition is not None and offset is not None
+            publish(topic, partition, offset, message.value(), sent_at)
+        if self.state != "ok" and self.assigned:
+            self._set_state("ok")
+
+    def _record_error(self, message: Message, error: KafkaError) -> None:
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and message.topic():
+            topic = message.topic()
+            assert topic is not None
+            if topic not in self._missing_topics:
+                log.info(
+                    "stream.topic_missing",
+                    topic=topic,
+                    hint="it is read from its beginning once it exists",
+                )
+            self._missing_topics.add(topic)
+            return
+        self._record_errors(topic=message.topic(), code=error.name(), error=error.str())
+
+    def _set_state(self, state: KafkaState) -> None:
+        if state != self.state:
+            log.info("stream.kafka_state", state=state, previous=self.state)
+            self.state = state
+        self._hub.kafka_feeding = state == "ok"
+
+    # ----------------------------------------------------------------- worker thread
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._notes.fatal = error
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._notes.all_brokers_down = True
+        self._notes.errors.append(error)
+
+    def _on_stats(self, text: str) -> None:
+        with contextlib.suppress(msgspec.DecodeError):
+            self._notes.stats = _stats_decoder.decode(text)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        resolved = [self._start_offset(consumer, tp) for tp in partitions]
+        consumer.assign(resolved)
+        self._notes.any_assignment = True
+        self._notes.assigned = [(tp.topic, tp.partition, tp.offset) for tp in resolved]
+
+    def _start_offset(self, consumer: Consumer, tp: TopicPartition) -> TopicPartition:
+        topic, partition = tp.topic, tp.partition
+        known = self._hub.positions.get(topic, {}).get(partition)
+        if known is not None:
+            return TopicPartition(topic, partition, known)
+        try:
+            if self._stream.group_id is not None:
+                (committed,) = consumer.committed([tp], timeout=OFFSET_QUERY_TIMEOUT_S)
+                if committed.offset >= 0:
+                    return TopicPartition(topic, partition, committed.offset)
+            marks = consumer.get_watermark_offsets(tp, timeout=OFFSET_QUERY_TIMEOUT_S, cached=False)
+        except KafkaException as exc:
+            self._notes.errors.append(exc.args[0])
+            marks = None
+        if marks is None:
+            # librdkafka resolves "latest" itself; the hub learns the position
+            # from the first record.
+            return TopicPartition(topic, partition, OFFSET_END)
+        low, high = marks
+        return TopicPartition(topic, partition, low if topic in self._missing_topics else high)

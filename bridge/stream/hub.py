@@ -1,0 +1,323 @@
+"""Fan-out: each record, encoded once, to the bounded queue of every client
+whose filters match.
+
+Why the hub never waits: it runs in the Kafka consumer's task (and in the
+ingest's, for edge-local records), so a client that cannot keep up must cost
+that task nothing.  Every client has its own queue of ``client_queue`` events;
+putting into it is synchronous.  When it is full the oldest event is dropped
+and counted; the client's sender tells it ``{"type": "lagged", "dropped": n}``
+at the place of the gap.  A client that lost more than ``max_lag_drops``
+events since it last caught up (found its queue empty) is marked *kicked*: it
+gets nothing more, and its session closes it with 1008 (WebSocket) or ends
+the response (SSE).  See docs/streaming.md.
+
+Every event is encoded once (the envelope JSON), and, only if some client of
+that kind matches, once more as text for WebSocket clients and once as an SSE
+frame whose ``id`` is the stream's cursor at that moment.  All clients get the
+same objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import chain
+
+import trio
+
+from bridge.core.events import (
+    Filters,
+    MalformedRecord,
+    ParsedRecord,
+    Positions,
+    encode_cursor,
+    encode_event,
+    kafka_event_id,
+    parse_record,
+    sse_frame,
+)
+from bridge.logs import SampledLog
+
+#: Limit key of an admin connection that watches every tenant.
+ALL_TENANTS = "*"
+#: How many locally delivered records are remembered to recognise them when
+#: they come back from Kafka after an outage (edge-local mode).
+LOCAL_MEMORY = 10_000
+
+
+def _nothing() -> None:
+    pass
+
+
+class Transport(enum.Enum):
+    WEBSOCKET = "websocket"
+    SSE = "sse"
+
+
+class Event:
+    """One record as sent to clients; built once, shared by every client."""
+
+    __slots__ = (
+        "device",
+        "json",
+        "metric",
+        "offset",
+        "partition",
+        "sse",
+        "tenant",
+        "text",
+        "topic",
+    )
+
+    def __init__(
+        self, record: ParsedRecord, json: bytes, topic: str | None, partition: int, offset: int
+    ) -> None:
+        self.tenant = record.tenant
+        self.device = record.device
+        self.metric = record.metric
+        self.json = json
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.text: str | None = None
+        self.sse: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a client's sender takes at once: queued events, how many were
+    dropped before them, and whether the client is to be disconnected."""
+
+    events: list[Event]
+    dropped: int
+    kicked: bool
+
+
+class ClientQueue:
+    """A bounded queue that drops the oldest event, with the lag policy above."""
+
+    def __init__(self, capacity: int, max_drops: int) -> None:
+        self.capacity = max(1, capacity)
+        self.max_drops = max_drops
+        self._items: deque[Event] = deque()
+        self._wakeup = trio.Event()
+        self._dropped_pending = 0
+        self.behind = 0
+        self.dropped_total = 0
+        self.kicked = False
+        #: Called on each dropped event (the hub's counter) and once on the kick
+        #: (the sender's deadline).
+        self.on_drop: Callable[[], None] = _nothing
+        self.on_kick: Callable[[], None] = _nothing
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: Event) -> None:
+        if self.kicked:
+            return
+        if len(self._items) >= self.capacity:
+            self._items.popleft()
+            self._dropped_pending += 1
+            self.behind += 1
+            self.dropped_total += 1
+            self.on_drop()
+            if self.behind > self.max_drops:
+                self.kick()
+                return
+        self._items.append(event)
+        self._wakeup.set()
+
+    def retain(self, keep: Callable[[Event], bool]) -> None:
+        """Drop queued events that no longer match (after a filter change)."""
+        self._items = deque(e for e in self._items if keep(e))
+
+    async def next_batch(self, timeout: float) -> Batch:
+        """Everything queued; waits up to ``timeout`` when nothing is.
+
+        Finding the queue empty is what "caught up" means: the count of drops
+        that leads to a disconnect starts again from zero.
+        """
+        if not self._items and not self._dropped_pending and not self.kicked:
+            self.behind = 0
+            self._wakeup = trio.Event()
+            with trio.move_on_after(timeout):
+                await self._wakeup.wait()
+        events = list(self._items)
+        self._items.clear()
+        dropped, self._dropped_pending = self._dropped_pending, 0
+        return Batch(events, dropped, self.kicked)
+
+    def kick(self) -> None:
+        """No more events for this client: its sender ends the connection."""
+        if self.kicked:
+            return
+        self._items.clear()
+        self.kicked = True
+        self._wakeup.set()
+        self.on_kick()
+
+
+class Client:
+    """One connected dashboard: its filters, its queue, where it is counted."""
+
+    def __init__(
+        self, transport: Transport, filters: Filters, role: str, queue: ClientQueue
+    ) -> None:
+        self.transport = transport
+        self.filters = filters
+        self.role = role
+        self.queue = queue
+        self.limit_key = filters.tenant if filters.tenant is not None else ALL_TENANTS
+        #: (topic, partition) -> first offset still to deliver: set after an SSE
+        #: replay for partitions the replay read beyond what the hub had seen.
+        self.skip_below: dict[tuple[str, int], int] = {}
+
+    def wants(self, event: Event) -> bool:
+        if not self.filters.matches(event.tenant, event.device, event.metric):
+            return False
+        if self.skip_below and event.topic is not None:
+            floor = self.skip_below.get((event.topic, event.partition))
+            if floor is not None and event.offset < floor:
+                return False
+        return True
+
+
+class TooManyConnections(Exception):
+    """The tenant already has ``max_per_tenant`` connections."""
+
+
+class Hub:
+    """Clients by tenant, the stream position, and the dispatch of records."""
+
+    def __init__(self, *, max_per_tenant: int) -> None:
+        self.max_per_tenant = max_per_tenant
+        self.positions: Positions = {}
+        self._by_tenant: dict[str, set[Client]] = {}
+        self._everyone: set[Client] = set()
+        self.connections: Counter[tuple[str, Transport]] = Counter()
+        #: Whether Kafka feeds the stream now; while not, local records do.
+        self.kafka_feeding = False
+        #: Whether records fed locally are dispatched when Kafka is not feeding.
+        self.local_fallback = True
+        self._local_seq = 0
+        self._local_recent: OrderedDict[bytes, None] = OrderedDict()
+        self.events_dropped = 0
+        self.slow_disconnects = 0
+        self.malformed = SampledLog("stream.malformed_record")
+
+    # ----------------------------------------------------------------- clients
+    def per_tenant(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for (key, _transport), count in self.connections.items():
+            counts[key] += count
+        return {key: count for key, count in counts.items() if count}
+
+    def register(self, client: Client) -> None:
+        """Count the client against its tenant and start sending it records."""
+        key = client.limit_key
+        if self.per_tenant().get(key, 0) >= self.max_per_tenant:
+            raise TooManyConnections(
+                f"tenant {key!r} already has {self.max_per_tenant} connections"
+            )
+        self.connections[(key, client.transport)] += 1
+        client.queue.on_drop = self._count_drop
+        if client.filters.tenant is None:
+            self._everyone.add(client)
+        else:
+            self._by_tenant.setdefault(client.filters.tenant, set()).add(client)
+
+    def unregister(self, client: Client) -> None:
+        if client.queue.kicked:
+            self.slow_disconnects += 1
+        self.connections[(client.limit_key, client.transport)] -= 1
+        if client.filters.tenant is None:
+            self._everyone.discard(client)
+        else:
+            group = self._by_tenant.get(client.filters.tenant)
+            if group is not None:
+                group.discard(client)
+                if not group:
+                    del self._by_tenant[client.filters.tenant]
+
+    @property
+    def has_clients(self) -> bool:
+        """Whether anyone at all is connected: with no one, a record needs no
+        parsing, encoding or remembering (the daemon feeds every record here)."""
+        return bool(self._everyone or self._by_tenant)
+
+    @property
+    def takes_local(self) -> bool:
+        """Whether :meth:`publish_local` would deliver anything now."""
+        return not self.kafka_feeding and self.local_fallback and self.has_clients
+
+    def _count_drop(self) -> None:
+        self.events_dropped += 1
+
+    def positions_copy(self) -> Positions:
+        return {topic: dict(parts) for topic, parts in self.positions.items()}
+
+    # ----------------------------------------------------------------- records
+    def publish_kafka(
+        self, topic: str, partition: int, offset: int, value: bytes | None, sent_at: str
+    ) -> None:
+        """One record read from Kafka: advance the position, then dispatch it."""
+        self.positions.setdefault(topic, {})[partition] = offset + 1
+        if self._local_recent and value is not None and value in self._local_recent:
+            # Already delivered from the local pipeline while Kafka was away.
+            del self._local_recent[value]
+            return
+        if not self.has_clients:
+            return
+        try:
+            record = parse_record(value)
+        except MalformedRecord as exc:
+            self.malformed(topic=topic, partition=partition, offset=offset, reason=str(exc))
+            return
+        self._dispatch(
+            record, kafka_event_id(topic, partition, offset), sent_at, topic, partition, offset
+        )
+
+    def publish_local(self, value: bytes, sent_at: str) -> None:
+        """A clean record from this daemon's own ingest (edge-local mode): sent
+        only while Kafka is not feeding the stream."""
+        if not self.takes_local:
+            return
+        try:
+            record = parse_record(value)
+        except MalformedRecord as exc:
+            self.malformed(source="local", reason=str(exc))
+            return
+        self._local_recent[value] = None
+        if len(self._local_recent) > LOCAL_MEMORY:
+            self._local_recent.popitem(last=False)
+        self._local_seq += 1
+        self._dispatch(record, f"local:{self._local_seq}", sent_at, None, -1, -1)
+
+    def _dispatch(
+        self,
+        record: ParsedRecord,
+        event_id: str,
+        sent_at: str,
+        topic: str | None,
+        partition: int,
+        offset: int,
+    ) -> None:
+        tenant_clients: Iterable[Client] = self._by_tenant.get(record.tenant, ())
+        if not tenant_clients and not self._everyone:
+            return
+        event = Event(
+            record, encode_event(event_id, sent_at, record.json), topic, partition, offset
+        )
+        for client in chain(tenant_clients, self._everyone):
+            if not client.wants(event):
+                continue
+            if client.transport is Transport.WEBSOCKET:
+                if event.text is None:
+                    event.text = event.json.decode()
+            elif event.sse is None:
+                cursor = encode_cursor(self.positions) if topic is not None else None
+                event.sse = sse_frame(event.json, cursor)
+            client.queue.put(event)

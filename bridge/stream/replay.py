@@ -1,0 +1,164 @@
+"""Reading again, for one resuming SSE client, what it missed.
+
+A short-lived consumer with ``assign()`` (no group join, nothing committed)
+reads each :class:`~bridge.core.events.ReplayRange` in a worker thread; the
+trio side filters, frames and writes the events.  ``enable.partition.eof``
+tells when a partition read "to its end" is done.  Records at or past a
+range's end are not sent: the live stream, which buffered them in the client's
+queue meanwhile, delivers them.  The event ids are cursors that advance with
+the replay, so a client cut off during it resumes from where it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+import trio
+from confluent_kafka import OFFSET_BEGINNING as BEGINNING
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from bridge.config import KafkaSettings, StreamSettings
+from bridge.core.events import (
+    Filters,
+    MalformedRecord,
+    Positions,
+    ReplayRange,
+    encode_cursor,
+    encode_event,
+    iso_utc,
+    kafka_event_id,
+    parse_record,
+    sse_frame,
+)
+from bridge.io.kafka_logs import librdkafka_logger
+from bridge.stream.consumer import CLOSE_TIMEOUT_S, CONSUME_TIMEOUT_S, fetch
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ReplayOutcome:
+    """``complete`` when every range was read to its end; ``positions`` is the
+    cursor after the last record read (delivered or filtered out)."""
+
+    complete: bool
+    positions: Positions
+    events: int
+
+
+def _consumer(kafka: KafkaSettings, stream: StreamSettings) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "client.id": "edge-bridge-replay",
+            # Required by librdkafka, unused with assign() and no commits.
+            "group.id": f"edge-bridge-replay-{secrets.token_hex(4)}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 100,
+            **kafka.properties,
+            **stream.consumer_properties,
+            "logger": librdkafka_logger("stream-replay"),
+        }
+    )
+
+
+class _Reader:
+    """The per-replay state: what is left to read and where each partition is."""
+
+    def __init__(self, ranges: list[ReplayRange], cursor: Positions, filters: Filters) -> None:
+        self.pending = {(r.topic, r.partition): r.end for r in ranges}
+        self.positions: Positions = {topic: dict(parts) for topic, parts in cursor.items()}
+        self.filters = filters
+        self.events = 0
+
+    def _finish(self, key: tuple[str, int], position: int) -> None:
+        end = self.pending.pop(key)
+        topic, partition = key
+        self.positions.setdefault(topic, {})[partition] = position if end is None else end
+
+    def frames(self, messages: list[Message], sent_at: str) -> list[bytes]:
+        out = []
+        for message in messages:
+            error = message.error()
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                if error is not None:
+                    log.warning("stream.replay_kafka_error", error=error.str())
+                continue
+            key = (topic, partition)
+            if key not in self.pending:
+                continue
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._finish(key, offset)
+                else:
+                    log.warning("stream.replay_kafka_error", topic=topic, error=error.str())
+                continue
+            frame = self._frame(key, offset, message.value(), sent_at)
+            if frame is not None:
+                out.append(frame)
+        return out
+
+    def _frame(
+        self, key: tuple[str, int], offset: int, value: bytes | None, sent_at: str
+    ) -> bytes | None:
+        """The SSE frame of one record, or None when it is not for this client."""
+        topic, partition = key
+        end = self.pending[key]
+        if end is not None and offset >= end:
+            self._finish(key, end)
+            return None
+        self.positions.setdefault(topic, {})[partition] = offset + 1
+        if end is not None and offset + 1 >= end:
+            self._finish(key, end)
+        try:
+            record = parse_record(value)
+        except MalformedRecord:
+            return None
+        if not self.filters.matches(record.tenant, record.device, record.metric):
+            return None
+        self.events += 1
+        data = encode_event(kafka_event_id(topic, partition, offset), sent_at, record.json)
+        return sse_frame(data, encode_cursor(self.positions))
+
+
+async def replay(
+    ranges: list[ReplayRange],
+    cursor: Positions,
+    filters: Filters,
+    send: Callable[[bytes], Awaitable[None]],
+    *,
+    kafka: KafkaSettings,
+    stream: StreamSettings,
+) -> ReplayOutcome:
+    """Send the missed events through ``send``, within ``stream.replay_timeout_s``
+    and ``stream.replay_max_events``; past either the outcome is incomplete."""
+    reader = _Reader(ranges, cursor, filters)
+    if not ranges:
+        return ReplayOutcome(True, reader.positions, 0)
+    consumer = _consumer(kafka, stream)
+    try:
+        consumer.assign(
+            [
+                TopicPartition(r.topic, r.partition, r.start if r.start is not None else BEGINNING)
+                for r in ranges
+            ]
+        )
+        with trio.move_on_after(stream.replay_timeout_s):
+            while reader.pending and reader.events < stream.replay_max_events:
+                messages = await trio.to_thread.run_sync(
+                    fetch, consumer, stream.consume_batch, CONSUME_TIMEOUT_S
+                )
+                frames = reader.frames(messages, iso_utc(time.time_ns()))
+                if frames:
+                    await send(b"".join(frames))
+    finally:
+        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+            await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
+    return ReplayOutcome(not reader.pending, reader.positions, reader.events)

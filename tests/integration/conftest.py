@@ -1,0 +1,85 @@
+"""Fixtures for tests that run the real daemon: a config naming this test's own
+brokers, Kafka topics and listen port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import Mosquitto, Tansu, free_port, write_config
+
+
+@dataclass
+class BridgeSetup:
+    """What one test's daemon talks to."""
+
+    mosquitto: Mosquitto
+    tansu: Tansu
+    unique: str
+    listen_port: int
+    workdir: Path
+
+    @property
+    def clean(self) -> str:
+        return f"clean.{self.unique}"
+
+    @property
+    def raw(self) -> str:
+        return f"raw.{self.unique}"
+
+    @property
+    def dlq(self) -> str:
+        return f"dlq.{self.unique}"
+
+    def config(
+        self,
+        extra: str = "",
+        mappings: str | None = None,
+        *,
+        mqtt_url: str | None = None,
+        mqtt_extra: str = "",
+    ) -> Path:
+        """A main config for this test; ``extra`` is appended TOML (tables),
+        ``mappings`` replaces the default telemetry mapping, ``mqtt_url`` and
+        ``mqtt_extra`` (keys) change the [mqtt] table."""
+        if mappings is None:
+            mappings = f"""
+[[mappings]]
+name = "telemetry"
+[mappings.kafka]
+clean_topic = "{self.clean}"
+raw_topic = "{self.raw}"
+dead_letter_topic = "{self.dlq}"
+"""
+        text = f"""
+listen = "127.0.0.1:{self.listen_port}"
+alarms_topic = "alarms.{self.unique}"
+
+[mqtt]
+url = "{mqtt_url or self.mosquitto.url}"
+client_id = "bridge-{self.unique}"
+{mqtt_extra}
+
+[kafka]
+bootstrap = "{self.tansu.bootstrap}"
+
+[stream]
+topics = ["{self.clean}"]
+
+[spool]
+path = "{self.workdir / "spool"}"
+{extra}
+{mappings}
+"""
+        return write_config(self.workdir, text)
+
+
+@pytest.fixture
+def setup(mosquitto: Mosquitto, tansu: Tansu, unique: str, tmp_path: Path) -> BridgeSetup:
+    return BridgeSetup(mosquitto, tansu, unique, free_port(), tmp_path)
+
+
+ConfigFactory = Callable[..., Path]

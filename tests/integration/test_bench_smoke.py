@@ -1,0 +1,59 @@
+"""The benchmark runs: a few seconds of bench/run.py, the way a user starts it,
+through the bridge and through the naive baseline.  This proves the scripts
+work (brokers, publishers, probe, table), not how fast anything is."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    bench = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO_ROOT / "bench" / "run.py"),
+            "--duration=3",
+            "--warmup=2",
+            "--only=qos1,naive-qos1",
+            f"--json={out}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,  # from anywhere, not only the repository root
+        start_new_session=True,  # its brokers and bridges go with it on a timeout
+    )
+    try:
+        stdout, stderr = bench.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGKILL)
+        stdout, stderr = bench.communicate()
+        raise AssertionError(f"bench/run.py did not finish in 150 s\n{stdout[-3000:]}") from None
+    run = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    row = re.search(
+        r"^\| MQTT->Kafka QoS 1, msgs/s on Kafka \| ([\d,]+) \| ([\d,]+) \|", run.stdout, re.M
+    )
+    assert row is not None, run.stdout
+    bridge_rate, naive_rate = (int(cell.replace(",", "")) for cell in row.groups())
+    assert bridge_rate > 0
+    assert naive_rate > 0
+
+    results = json.loads(out.read_text())["results"]
+    for name in ("qos1", "naive-qos1"):
+        result = results[name]
+        assert result["published"] > 0
+        # QoS 1: every message the broker accepted is on Kafka, exactly once.
+        assert result["on_kafka"] == result["published"], result
+        assert result["peak_rss_mib"] > 0
+        assert result["cpu"]["system"] > 0

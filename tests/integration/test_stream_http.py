@@ -1,0 +1,120 @@
+"""The listen address as a plain HTTP server: extra routes, errors, keep-alive,
+and a bad client or handler never taking the server down."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import h11
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from bridge.config import Config
+from bridge.io.http import Request, Responder
+from bridge.stream.service import run_stream
+from tests.integration.test_stream_clients import (
+    SseClient,
+    client_token,
+    next_json,
+    running_stream,
+    stream_config,
+)
+
+
+async def hello(request: Request, responder: Responder) -> None:
+    await responder.send(200, f"hello {request.query.get('name', ['?'])[0]}".encode(), "text/plain")
+
+
+async def broken(request: Request, responder: Responder) -> None:
+    raise RuntimeError("a bug in a handler")
+
+
+async def silent(request: Request, responder: Responder) -> None:
+    """Forgets to answer."""
+
+
+def local_config(unique: str) -> Config:
+    """No Kafka needed to test the HTTP side."""
+    return stream_config("127.0.0.1:9", f"unused.{unique}", source="local")
+
+
+async def exchange(port: int, requests: list[tuple[str, str]]) -> list[tuple[int, bytes]]:
+    """Send requests one after the other on one connection; (status, body) each."""
+    sock = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    answers = []
+    with trio.fail_after(10):
+        for method, target in requests:
+            if conn.our_state is h11.DONE:
+                conn.start_next_cycle()
+            request = h11.Request(method=method, target=target, headers=[("host", "x")])
+            await sock.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+            status, body = 0, b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await sock.receive_some(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            answers.append((status, body))
+    await sock.aclose()
+    return answers
+
+
+async def test_extra_routes_errors_and_keep_alive(unique: str) -> None:
+    routes = {"/hello": hello, "/broken": broken, "/silent": silent}
+    async with trio.open_nursery() as nursery:
+        serve = partial(run_stream, local_config(unique), extra_routes=routes)
+        service = await nursery.start(serve)
+        service.router.add("/later", hello)  # routes can be added while serving
+        port = service.addresses[0][1]
+        answers = await exchange(
+            port,
+            [
+                ("GET", "/hello?name=edge"),
+                ("GET", "/hello/"),
+                ("GET", "/later"),
+                ("GET", "/nowhere"),
+                ("POST", "/hello"),
+                ("GET", "/broken"),
+                ("GET", "/silent"),
+                ("GET", "/ws/telemetry/stream/"),
+                ("GET", "/api/stream/status"),
+            ],
+        )
+        nursery.cancel_scope.cancel()
+    statuses = [status for status, _ in answers]
+    assert statuses == [200, 200, 200, 404, 405, 500, 500, 426, 200]
+    assert answers[0][1] == b"hello edge"
+    assert answers[1][1] == b"hello ?"
+    assert b"no route for /nowhere" in answers[3][1]
+
+
+async def test_a_route_cannot_be_taken_twice(unique: str) -> None:
+    async with running_stream(local_config(unique), wait_for_kafka=False) as s:
+        with pytest.raises(ValueError, match="already taken"):
+            s.service.router.add("/api/stream/status", hello)
+        with pytest.raises(ValueError, match="already taken"):
+            s.service.router.add("/ws/telemetry/stream", hello)
+
+
+async def test_garbage_gets_400_and_the_server_keeps_serving(unique: str) -> None:
+    async with running_stream(local_config(unique), wait_for_kafka=False) as s:
+        sock = await trio.open_tcp_stream("127.0.0.1", s.port)
+        await sock.send_all(b"THIS IS NOT HTTP\r\n\r\n")
+        with trio.fail_after(10):
+            reply = await sock.receive_some(65536)
+        await sock.aclose()
+        assert reply.startswith(b"HTTP/1.1 400 ")
+        # A client that connects and says nothing does not block anyone either.
+        idle = await trio.open_tcp_stream("127.0.0.1", s.port)
+        status = await SseClient.open(s.port, "/api/stream/status")
+        assert status.status == 200
+        async with open_websocket_url(s.ws_url(token=client_token("t1"))) as ws:
+            assert (await next_json(ws))["type"] == "connected"
+        await idle.aclose()
