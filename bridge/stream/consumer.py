@@ -23,7 +23,12 @@ needs (see :mod:`bridge.core.events`).
 
 Kafka state, in the status: ``connecting`` until the first assignment,
 ``ok`` while brokers answer, ``down`` after librdkafka reports all brokers
-down (back to ``ok`` when the statistics show one up or a record arrives).
+down or a statistics snapshot shows none up (back to ``ok`` when one shows a
+broker up or a record arrives).  The two signals are applied in the order
+they arrived: a snapshot taken just before the brokers went away must not
+undo the "all brokers down" event that follows it in the same batch.  Only
+real brokers count: once they are gone librdkafka forgets the ones it learned
+from metadata and keeps its bootstrap and logical (coordinator) entries.
 """
 
 from __future__ import annotations
@@ -115,7 +120,7 @@ def consumer_config(kafka: KafkaSettings, stream: StreamSettings, group_id: str)
 
 class _BrokerStats(msgspec.Struct):
     state: str = ""
-    nodeid: int = -1
+    source: str = ""
 
 
 class _PartitionStats(msgspec.Struct):
@@ -133,6 +138,10 @@ class _Stats(msgspec.Struct):
 
 _stats_decoder = msgspec.json.Decoder(_Stats)
 
+# librdkafka's ``source`` of a broker entry: bootstrap and metadata brokers,
+# not the "logical" coordinator handle nor the "internal" one.
+_REAL_BROKERS = frozenset({"configured", "learned"})
+
 
 @dataclass
 class _ThreadNotes:
@@ -140,10 +149,10 @@ class _ThreadNotes:
 
     assigned: list[tuple[str, int, int]] = field(default_factory=list)
     any_assignment: bool = False
-    all_brokers_down: bool = False
     fatal: KafkaError | None = None
     errors: list[KafkaError] = field(default_factory=list)
-    stats: _Stats | None = None
+    # In arrival order: an "all brokers down" event (None) or a snapshot.
+    broker_signals: list[_Stats | None] = field(default_factory=list)
 
 
 class KafkaSource:
@@ -226,20 +235,19 @@ class KafkaSource:
                 self._set_state("ok")
         for error in notes.errors:
             self._kafka_errors(code=error.name(), error=error.str())
-        if notes.all_brokers_down and self.state == "ok":
-            self._set_state("down")
-        if notes.stats is not None:
-            self._apply_stats(notes.stats)
+        for signal in notes.broker_signals:
+            if signal is None:
+                if self.state == "ok":
+                    self._set_state("down")
+            else:
+                self._apply_stats(signal)
 
     def _apply_stats(self, stats: _Stats) -> None:
         for topic, topic_stats in stats.topics.items():
             for name, partition in topic_stats.partitions.items():
                 if name != "-1" and partition.hi_offset >= 0:
                     self.high_watermarks[(topic, int(name))] = partition.hi_offset
-        learned = [b for b in stats.brokers.values() if b.nodeid >= 0]
-        if not learned:
-            return
-        up = any(b.state == "UP" for b in learned)
+        up = any(b.state == "UP" for b in stats.brokers.values() if b.source in _REAL_BROKERS)
         if up and self.state == "down" and self.assigned:
             self._set_state("ok")
         elif not up and self.state == "ok":
@@ -248,6 +256,7 @@ class KafkaSource:
     def _publish(self, messages: list[Message]) -> None:
         sent_at = iso_utc(time.time_ns())
         publish = self._hub.publish_kafka
+        records = 0
         for message in messages:
             error = message.error()
             if error is not None:
@@ -256,7 +265,9 @@ class KafkaSource:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             publish(topic, partition, offset, message.value(), sent_at)
-        if self.state != "ok" and self.assigned:
+            records += 1
+        # An error event (a transport error, say) is no sign of a live broker.
+        if records and self.state != "ok" and self.assigned:
             self._set_state("ok")
 
     def _record_error(self, message: Message, error: KafkaError) -> None:
@@ -284,12 +295,12 @@ class KafkaSource:
         if error.fatal():
             self._notes.fatal = error
         elif error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._notes.all_brokers_down = True
+            self._notes.broker_signals.append(None)
         self._notes.errors.append(error)
 
     def _on_stats(self, text: str) -> None:
         with contextlib.suppress(msgspec.DecodeError):
-            self._notes.stats = _stats_decoder.decode(text)
+            self._notes.broker_signals.append(_stats_decoder.decode(text))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         resolved = [self._start_offset(consumer, tp) for tp in partitions]
