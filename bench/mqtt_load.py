@@ -36,6 +36,8 @@ BURST = 200
 #: (the load shares the cores with what it measures), short against 10k msgs/s.
 PAUSE_S = 0.001
 TENANT = "bench"
+#: A PUBACK read shorter than this (in bytes, 4 per PUBACK) is followed by a pause.
+ACK_BATCH_BYTES = 4096
 
 _TEMPLATE = (
     b'{"schema_version":1,"device":"%s","ts":%d,"sent_ns":%d,'
@@ -184,7 +186,15 @@ def run_publisher(
 
 class _AckCounter:
     """Counts PUBACKs (4 bytes each; nothing else arrives with keep-alive 0)
-    in a thread of the publisher process."""
+    in a thread of the publisher process.
+
+    The broker writes PUBACKs as they come, so a reader that wakes up for
+    every few of them pays a wake-up and a GIL hand-over per handful of
+    messages: that cost 8-9 us of the shared cores per message at QoS 1.
+    After a short read the thread pauses for :data:`PAUSE_S` so that PUBACKs
+    pile up in the socket buffer and arrive a few thousand per ``recv``; the
+    count lags by at most that pause, which the closed-loop window absorbs.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._bytes = 0
@@ -204,3 +214,5 @@ class _AckCounter:
             if not chunk:
                 return
             self._bytes += len(chunk)
+            if len(chunk) < ACK_BATCH_BYTES:
+                time.sleep(PAUSE_S)
