@@ -17,7 +17,8 @@ beginning for the exact check (loss or duplicates at QoS 1).
 Latency, in latency mode, is read from each raw record: ``sent_ns`` (the
 publisher's wall clock in the payload) against the record's Kafka timestamp,
 which the bridge's producer sets when it hands the record over (CreateTime, in
-milliseconds; Tansu keeps it and has no LogAppendTime).  That is the bridge's
+milliseconds, cut down, so each latency is taken to the middle of its
+millisecond: ±0.5 ms; Tansu keeps it and has no LogAppendTime).  That is the bridge's
 own delay up to the Kafka client, without the broker's acknowledgement; the
 bridge's histogram of receive-to-acknowledgement covers that part
 (bench/ingest.py).  The moment a consumer receives a record is no measure on
@@ -45,6 +46,7 @@ from confluent_kafka import (
 from bench.mqtt_load import sent_ns_of
 
 _TRANSIENT = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+HALF_MS_NS = 500_000
 #: How often the count of records on Kafka is refreshed.
 COUNT_INTERVAL_S = 0.25
 
@@ -134,7 +136,9 @@ def _time(batch: list[Message], since: int, to_timestamp: array[int]) -> None:
         if sent >= since:
             kind, stamp_ms = message.timestamp()
             if kind == TIMESTAMP_CREATE_TIME:
-                to_timestamp.append(stamp_ms * 1_000_000 - sent)
+                # The stamp is the hand-over time cut down to whole milliseconds:
+                # the midpoint of that millisecond is the unbiased estimate (±0.5 ms).
+                to_timestamp.append(stamp_ms * 1_000_000 + HALF_MS_NS - sent)
 
 
 def count_records(bootstrap: str, topic: str, at_least: int, timeout: float) -> int:
