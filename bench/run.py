@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py                 # 30 s of steady load per measurement
     .venv/bin/python bench/run.py --quick         # a few seconds each, to see it work
     .venv/bin/python bench/run.py --only qos1,naive-qos1 --set kafka.linger_ms=1
+    .venv/bin/python bench/run.py --table-from results.json   # re-print a saved run
 
 Every measurement starts its own mosquitto (broker_config/mosquitto-test.conf),
 Tansu and system under test on loopback, drives it with publisher processes
@@ -99,7 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--profile", type=Path, help="py-spy the bridge into this directory")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--table-from", type=Path, metavar="JSON",
+        help="measure nothing: print the table of results saved with --json",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.table_from:
+        saved = json.loads(args.table_from.read_text())
+        print(" · ".join(f"{k} {v}" for k, v in saved["machine"].items()))
+        loaded = {k: IngestResult(**v) for k, v in saved["results"].items()}
+        print(table(loaded, LATENCY_RATE, {int(k): v for k, v in saved["stream"].items()}))
+        return 0
     timing = Timing(3.0, 1.0) if args.quick else Timing(args.duration, args.warmup)
     chosen = args.only.split(",") if args.only else every
     unknown = set(chosen) - set(every)
