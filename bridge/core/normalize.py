@@ -43,6 +43,30 @@ RESERVED_HEADERS = frozenset(
 # One metric read from a message: name, value, type, unit, quality.
 Reading = tuple[str, Value, MetricType, str | None, str | None]
 
+# Entries kept by each per-topic and per-identity cache before it starts over.
+# A gateway has some thousands of devices; the bound only stops a flood of
+# made-up topics from growing memory.
+CACHE_ENTRIES = 20_000
+
+
+class Route:
+    """What a topic alone decides, worked out once per topic: its mapping, the
+    captured segments (shared by every message on the topic: never mutated)
+    and, when a segment cannot be an identifier, why (the detail of an
+    ``invalid_topic`` refusal)."""
+
+    __slots__ = ("mapping", "problem", "segments")
+
+    def __init__(
+        self, mapping: MappingPlan | None, segments: dict[str, str], problem: str | None
+    ) -> None:
+        self.mapping = mapping
+        self.segments = segments
+        self.problem = problem
+
+
+_NO_ROUTE = Route(None, {}, None)
+
 
 class Now:
     """The receive time of a batch, read once by the caller and formatted once."""
@@ -100,6 +124,12 @@ class Normalizer:
             for m in plan.mappings
             if m.dedup_window_ms is not None
         }
+        # Most of the per-message work that depends only on the topic, or on the
+        # topic and the identity, is the same for every message of a device:
+        # match, segment checks, key, base headers.  Both caches belong to this
+        # plan; a reload builds a new Normalizer and so starts them empty.
+        self._routes: dict[str, Route] = {}
+        self._identities: dict[tuple[str, str, str, int], tuple[bytes, Headers]] = {}
         if previous is not None:
             self._adopt(previous)
 
@@ -125,25 +155,47 @@ class Normalizer:
     ) -> Outcome:
         """``user_properties`` are the MQTT 5 user properties of the message,
         carried as Kafka headers of its clean and raw records."""
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._route(topic)
+        mapping = route.mapping
+        if mapping is None:
+            return Outcome(None)
+        outcome = Outcome(mapping.name)
+        try:
+            carried = self._carried(user_properties, outcome) if user_properties else []
+            self._message(mapping, route, topic, payload, now, outcome, carried)
+        except Refusal as refusal:
+            self._dead(mapping, topic, payload, now, refusal, topic.encode(), outcome)
+        return outcome
+
+    def _route(self, topic: str) -> Route:
+        """The first mapping whose filter matches ``topic``, remembered."""
+        routes = self._routes
+        if len(routes) >= CACHE_ENTRIES:
+            routes.clear()
         levels = topic.split("/")
+        route = _NO_ROUTE
         for mapping in self.plan.mappings:
             segments = mapping.filter.match(levels)
             if segments is not None:
-                outcome = Outcome(mapping.name)
-                try:
-                    carried = self._carried(user_properties, outcome) if user_properties else []
-                    self._message(mapping, segments, topic, payload, now, outcome, carried)
-                except Refusal as refusal:
-                    key = topic.encode()
-                    self._dead(mapping, topic, payload, now, refusal, key, outcome)
-                return outcome
-        return Outcome(None)
+                route = Route(mapping, segments, self._segment_problem(segments))
+                break
+        routes[topic] = route
+        return route
+
+    def _segment_problem(self, segments: dict[str, str]) -> str | None:
+        for segment, text in segments.items():
+            problem = segment_problem(text, self.max_segment)
+            if problem:
+                return f"topic segment {{{segment}}} {problem}"
+        return None
 
     # ------------------------------------------------------------------ steps
     def _message(
         self,
         mapping: MappingPlan,
-        segments: dict[str, str],
+        route: Route,
         topic: str,
         payload: bytes,
         now: Now,
@@ -155,10 +207,9 @@ class Normalizer:
                 "payload_too_large",
                 f"payload is {len(payload)} bytes, the limit is {self.max_payload}",
             )
-        for segment, text in segments.items():
-            problem = segment_problem(text, self.max_segment)
-            if problem:
-                raise Refusal("invalid_topic", f"topic segment {{{segment}}} {problem}")
+        if route.problem is not None:
+            raise Refusal("invalid_topic", route.problem)
+        segments = route.segments
         try:
             doc = _decode(payload)
         except msgspec.DecodeError as exc:
@@ -166,10 +217,17 @@ class Normalizer:
         if not isinstance(doc, dict):
             raise Refusal("not_an_object", f"payload is a JSON {type(doc).__name__}, not an object")
         schema_version = self._schema_version(mapping, doc)
-        tenant = self._identity(mapping.tenant(segments, doc), "tenant")
-        device = self._identity(mapping.device(segments, doc), "device")
-        key_values = {**segments, "tenant": tenant, "device": device}
-        key = mapping.key.render(key_values).encode()
+        raw_tenant = mapping.tenant(segments, doc)
+        raw_device = mapping.device(segments, doc)
+        known = None
+        if isinstance(raw_tenant, str) and isinstance(raw_device, str):  # else maybe unhashable
+            tenant, device = raw_tenant, raw_device
+            known = self._identities.get((topic, tenant, device, schema_version))
+        if known is None:
+            tenant = self._identity(raw_tenant, "tenant")
+            device = self._identity(raw_device, "device")
+            known = self._identify(mapping, segments, (topic, tenant, device, schema_version))
+        key, headers = known
         try:
             self._check_identity(mapping, doc, tenant, device)
             ts_ms = self._event_ms(mapping, doc, now)
@@ -181,14 +239,8 @@ class Normalizer:
         except Refusal as refusal:
             self._dead(mapping, topic, payload, now, refusal, key, outcome)
             return
-        headers: Headers = [
-            ("tenant", tenant.encode()),
-            ("device", device.encode()),
-            ("mqtt_topic", topic.encode()),
-            ("schema_version", str(schema_version).encode()),
-        ]
-        headers.extend((name, t.render(key_values).encode()) for name, t in mapping.headers)
-        headers.extend(carried)
+        if carried:
+            headers = [*headers, *carried]
         ts = format_ms(ts_ms)
         received_at = now.iso
         records = outcome.records
@@ -230,6 +282,27 @@ class Normalizer:
         if mapping.raw_topic is not None:
             raw_headers = [*headers, ("received_at", received_at.encode())]
             records.append(Outgoing(mapping.raw_topic, key, payload, raw_headers))
+
+    def _identify(
+        self, mapping: MappingPlan, segments: dict[str, str], identity: tuple[str, str, str, int]
+    ) -> tuple[bytes, Headers]:
+        """Remember the record key and base headers of a checked (topic, tenant,
+        device, schema version) seen for the first time.  The headers list is
+        shared by every record of that identity: it is never mutated."""
+        topic, tenant, device, schema_version = identity
+        key_values = {**segments, "tenant": tenant, "device": device}
+        headers: Headers = [
+            ("tenant", tenant.encode()),
+            ("device", device.encode()),
+            ("mqtt_topic", topic.encode()),
+            ("schema_version", str(schema_version).encode()),
+        ]
+        headers.extend((name, t.render(key_values).encode()) for name, t in mapping.headers)
+        known = (mapping.key.render(key_values).encode(), headers)
+        if len(self._identities) >= CACHE_ENTRIES:
+            self._identities.clear()
+        self._identities[identity] = known
+        return known
 
     def _carried(self, properties: list[tuple[str, str]], outcome: Outcome) -> Headers:
         """The user properties to carry as headers, within the byte bound; names

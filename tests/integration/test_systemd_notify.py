@@ -45,9 +45,7 @@ def test_ready_watchdog_and_stopping(
     env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}  # ping every 0.2 s
     bridge = BridgeProcess(setup.config(), env=env)
     try:
-        wait_until(
-            lambda: any("READY=1" in m for m in _drain(sock, received)), 30, "READY=1"
-        )
+        wait_until(lambda: any("READY=1" in m for m in _drain(sock, received)), 30, "READY=1")
         ready_at = next(i for i, m in enumerate(received) if "READY=1" in m)
         assert bridge.events("bridge.ready"), "READY=1 came before the daemon was ready"
         wait_until(

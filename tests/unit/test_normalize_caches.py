@@ -1,0 +1,90 @@
+"""The normalizer's per-topic and per-identity caches change nothing a message
+becomes: repeated messages, messages whose identity comes from the payload,
+user properties and cache overflow give the same records as a fresh
+normalizer would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.core import normalize
+from bridge.core.normalize import Normalizer
+from tests.unit.core_fixtures import NOW, normalizer_for, reasons, records
+
+WriteConfig = Callable[..., Path]
+TOPIC = "tenant/t1/device/DEV-001/telemetry"
+PAYLOAD = b'{"schema_version":1,"metrics":{"t":1}}'
+# The device comes from the payload: one topic, several identities.
+FROM_PAYLOAD = """
+[[mappings]]
+mqtt = { topic = "gw/{tenant}/up" }
+kafka = { key = "{tenant}/{device}", headers = { who = "{device}@{tenant}" } }
+payload = { device = { field = "dev" } }
+"""
+
+
+@pytest.fixture
+def default(tmp_config: WriteConfig) -> Normalizer:
+    return normalizer_for(tmp_config(""))
+
+
+def test_repeated_messages_give_identical_records(default: Normalizer) -> None:
+    first = records(default.process(TOPIC, PAYLOAD, NOW))
+    second = records(default.process(TOPIC, PAYLOAD, NOW))
+    assert first == second
+    assert len(first) == 2  # one clean, one raw
+
+
+def test_a_bad_topic_segment_is_refused_every_time(default: Normalizer) -> None:
+    topic = "tenant/t1/device/" + "x" * 200 + "/telemetry"
+    for _ in range(2):
+        outcome = default.process(topic, PAYLOAD, NOW)
+        assert reasons(outcome) == [("invalid_topic", None)]
+
+
+def test_the_payload_limit_is_checked_before_the_topic_segments(default: Normalizer) -> None:
+    topic = "tenant/t1/device/" + "x" * 200 + "/telemetry"
+    default.process(topic, PAYLOAD, NOW)  # the route is cached now
+    huge = b'{"pad":"' + b"x" * 300_000 + b'"}'
+    assert reasons(default.process(topic, huge, NOW)) == [("payload_too_large", None)]
+
+
+def test_identities_from_the_payload_are_kept_apart(tmp_config: WriteConfig) -> None:
+    normalizer = normalizer_for(tmp_config(FROM_PAYLOAD))
+    seen = {}
+    for device in ("A", "B", "A"):
+        payload = b'{"schema_version":1,"dev":"%s","metrics":{"t":1}}' % device.encode()
+        (_, key, headers, _), _raw = records(normalizer.process("gw/t1/up", payload, NOW))
+        seen.setdefault(device, (key, headers))
+        assert (key, headers) == seen[device]
+        assert key == f"t1/{device}"
+        assert ("who", f"{device}@t1") in headers
+    assert seen["A"] != seen["B"]
+
+
+def test_an_unhashable_identity_is_refused_not_raised(tmp_config: WriteConfig) -> None:
+    normalizer = normalizer_for(tmp_config(FROM_PAYLOAD))
+    payload = b'{"schema_version":1,"dev":["A"],"metrics":{"t":1}}'
+    assert reasons(normalizer.process("gw/t1/up", payload, NOW)) == [("invalid_field", None)]
+
+
+def test_user_properties_never_reach_another_message(default: Normalizer) -> None:
+    with_properties = default.process(TOPIC, PAYLOAD, NOW, [("site", "north")])
+    plain = default.process(TOPIC, PAYLOAD, NOW)
+    assert ("site", "north") in records(with_properties)[0][2]
+    assert all(name != "site" for name, _ in records(plain)[0][2])
+
+
+def test_the_caches_start_over_past_their_bound(
+    default: Normalizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(normalize, "CACHE_ENTRIES", 3)
+    for n in range(10):
+        outcome = default.process(f"tenant/t1/device/D{n}/telemetry", PAYLOAD, NOW)
+        assert outcome.clean == 1
+        assert len(default._routes) <= 3
+        assert len(default._identities) <= 3
+    assert records(default.process(TOPIC, PAYLOAD, NOW))[0][1] == "t1:DEV-001"
