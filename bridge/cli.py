@@ -166,8 +166,14 @@ def _address_problem(config: Config) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "check-config":
-        return _check_config(args.file)
-    if args.command == "try-mapping":
-        return _try_mapping(args.file, args.topic, args.payload)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.file)
+        if args.command == "try-mapping":
+            return _try_mapping(args.file, args.topic, args.payload)
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error of ours.  Point stdout
+        # at /dev/null so that flushing it at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return _run(args)
