@@ -44,9 +44,11 @@ RESERVED_HEADERS = frozenset(
 Reading = tuple[str, Value, MetricType, str | None, str | None]
 
 # Entries kept by each per-topic and per-identity cache before it starts over.
-# A gateway has some thousands of devices; the bound only stops a flood of
-# made-up topics from growing memory.
-CACHE_ENTRIES = 20_000
+# Both together cost about 1.1 KiB per device (measured with tracemalloc on
+# the default mapping: 22 MiB for 20,000 devices), so the bound keeps them
+# near 11 MiB even under a flood of made-up topics; a gateway with more
+# devices than this still works, at the uncached speed part of the time.
+CACHE_ENTRIES = 10_000
 
 
 class Route:
