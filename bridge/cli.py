@@ -11,11 +11,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 import trio
 
 from bridge.config import Config, ConfigError, LoadedConfig, apply_overrides, load_config
+from bridge.config_watch import DEFAULT_INTERVAL_S, Watch
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.plan import Plan, PlanError, compile_config
 from bridge.io.http import ListenError, parse_listen
@@ -39,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", help="stream server HOST:PORT (env EDGE_BRIDGE_LISTEN)")
     run.add_argument("--log-format", choices=["json", "console"])
     run.add_argument("--log-level", help="debug, info, warning or error")
+    run.add_argument(
+        "--watch-config", nargs="?", type=float, const=DEFAULT_INTERVAL_S, metavar="SECONDS",
+        help="reload when a config file changes, looking every SECONDS "
+        f"(default {DEFAULT_INTERVAL_S:g}); SIGHUP reloads either way",
+    )  # fmt: skip
     check = commands.add_parser("check-config", help="validate a config and its mapping files")
     check.add_argument("file")
     try_mapping = commands.add_parser(
@@ -120,6 +127,16 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError([problem])
         return config, compile_config(LoadedConfig(config, loaded.origins))
 
+    watch = None
+    if args.watch_config is not None:
+        if path is None or args.watch_config <= 0:
+            print(
+                "error: --watch-config needs a config file (--config or EDGE_BRIDGE_CONFIG)"
+                " and a positive interval",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        watch = Watch(Path(path), args.watch_config)
     try:
         config, plan = load()
         configure(args.log_format or config.log.format, args.log_level or config.log.level)
@@ -132,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
     from bridge.daemon import StartupError, run_daemon
 
     try:
-        trio.run(run_daemon, config, plan, load)
+        trio.run(run_daemon, config, plan, load, watch)
     except BaseExceptionGroup as group:
         startup, rest = group.split(StartupError)
         if rest is not None or startup is None:

@@ -11,7 +11,9 @@ Wiring, in start order:
 4. the listen address: WebSocket and SSE stream, status, ``/metrics``,
    ``/healthz`` and ``/readyz`` (503 until the next step is done);
 5. the MQTT client, which feeds :class:`bridge.ingest.Ingest`;
-6. the Kafka-to-MQTT command forwarders.
+6. the Kafka-to-MQTT command forwarders;
+7. with ``--watch-config``, the task that reloads when a config file changes
+   (:mod:`bridge.config_watch`).
 
 ``bridge.ready`` is logged (and, under systemd, READY=1 sent) once MQTT is
 connected and subscribed and the stream server listens.  Every task has this
@@ -36,6 +38,7 @@ from bridge import health, metrics
 from bridge.auth import AuthConfigError
 from bridge.commands import CommandForwarder
 from bridge.config import Config, ConfigError, SpoolSettings, redacted
+from bridge.config_watch import Watch, watch_config
 from bridge.core.normalize import Normalizer
 from bridge.core.plan import Plan, PlanError
 from bridge.ingest import Ingest
@@ -80,9 +83,12 @@ def _wants_embedded(config: Config) -> bool:
 class Daemon:
     """Holds the running parts so signal handlers and endpoints can reach them."""
 
-    def __init__(self, config: Config, plan: Plan, loader: Loader) -> None:
+    def __init__(
+        self, config: Config, plan: Plan, loader: Loader, watch: Watch | None = None
+    ) -> None:
         self.config = config
         self.loader = loader
+        self.watch = watch
         self.plan = plan
         self.stats = IngestStats()
         self.normalizer = Normalizer(plan)
@@ -145,6 +151,14 @@ class Daemon:
                 )
                 sdnotify.ready()
                 nursery.start_soon(sdnotify.watchdog_loop)
+                if self.watch is not None:
+                    nursery.start_soon(
+                        watch_config,
+                        self.watch.main,
+                        lambda: self.config,
+                        self.reload,
+                        self.watch.interval_s,
+                    )
 
     async def _start_spool(self, nursery: trio.Nursery) -> None:
         settings = self.config.spool
@@ -264,7 +278,8 @@ class Daemon:
             log.error(
                 "bridge.reload_refused",
                 errors=len(exc.errors),
-                hint="the previous config stays in force; fix the file and send SIGHUP again",
+                hint="the previous config stays in force; fix the file and send SIGHUP"
+                " again (with --watch-config, saving it is enough)",
             )
             return
         changed = _restart_only_changes(self.config, config)
@@ -350,7 +365,9 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
-async def run_daemon(config: Config, plan: Plan, loader: Loader) -> None:
+async def run_daemon(
+    config: Config, plan: Plan, loader: Loader, watch: Watch | None = None
+) -> None:
     log.info("bridge.starting", config=redacted(config))
     tune_gc()
-    await Daemon(config, plan, loader).run()
+    await Daemon(config, plan, loader, watch).run()

@@ -8,7 +8,7 @@ import json
 import signal
 
 from tests.integration.conftest import BridgeSetup
-from tests.support import BridgeProcess, kafka_read, publish_many
+from tests.support import BridgeProcess, kafka_read, publish_many, wait_until
 
 METER_MAPPING = """
 [[mappings]]
@@ -78,3 +78,35 @@ def test_invalid_config_on_sighup_is_refused_and_the_old_one_kept(setup: BridgeS
         (record,) = kafka_read(setup.tansu.bootstrap, setup.clean, expected=1)
         assert bridge.stop() == 0
     assert record.key == b"t1:D1"
+
+
+def test_watch_config_reloads_a_saved_file_and_refuses_a_broken_one(setup: BridgeSetup) -> None:
+    """With --watch-config no signal is needed: saving the file reloads it."""
+    config = setup.config()
+    with BridgeProcess(config, args=["--watch-config", "0.2"]) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        watching = bridge.wait_for_event("config.watching", timeout=15)
+        assert watching["files"] == [str(config)]
+        good = config.read_text() + METER_MAPPING.format(clean=setup.clean, dlq=setup.dlq)
+        mark = bridge.mark()
+        config.write_text(good)
+        reloaded = bridge.wait_for_event("bridge.reloaded", since=mark, timeout=15)
+        assert reloaded["mappings"] == ["telemetry", "meters"]
+        bridge.wait_for_event("mqtt.subscriptions_changed", since=mark, timeout=15)
+        mark = bridge.mark()
+        config.write_text(good.replace('name = "meters"', 'name = "meters"\nbogus = 1'))
+        refused = bridge.wait_for_event("bridge.reload_refused", since=mark, timeout=15)
+        assert "bogus" in refused["error"]
+        # The meters mapping from the last good file is still in force.
+        publish_many(setup.mosquitto.url, [("site/s1/meter/m1/reading", _reading(5.0), 1)])
+        (clean,) = kafka_read(setup.tansu.bootstrap, setup.clean, expected=1)
+        assert len(bridge.events("mqtt.connected")) == 1
+        assert bridge.stop() == 0
+    assert clean.key == b"s1:m1"
+
+
+def test_watch_config_without_a_config_file_is_refused() -> None:
+    bridge = BridgeProcess(None, args=["--watch-config"])
+    code = wait_until(lambda: bridge.returncode, 20, "exit")
+    assert code == 2
+    assert "--watch-config needs a config file" in bridge.output_tail(20)
