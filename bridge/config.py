@@ -120,7 +120,12 @@ class MqttSide(_Section):
 
 
 class KafkaSide(_Section):
-    """The Kafka side of a mapping: target topics, key template, extra headers."""
+    """The Kafka side of a mapping: target topics, key template, extra headers.
+
+    ``key`` and ``headers`` are templates of the topic's ``{segments}``,
+    ``{tenant}`` and ``{device}``; a header may also use ``{mqtt_qos}`` (0, 1
+    or 2) and ``{mqtt_retain}`` (true or false) of the MQTT message.
+    """
 
     clean_topic: str = "telemetry.clean"
     raw_topic: str = "telemetry.raw"

@@ -86,7 +86,9 @@ class Ingest:
         acks = []
         for message in messages:
             topic = message.topic
-            outcome = process(topic, message.payload, now, message.user_properties)
+            outcome = process(
+                topic, message.payload, now, message.user_properties, message.qos, message.retain
+            )
             if outcome.properties_truncated:
                 self._truncated_log(topic=topic, bound=self.normalizer.max_user_property_bytes)
             mapping = outcome.mapping

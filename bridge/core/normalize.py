@@ -43,6 +43,10 @@ RESERVED_HEADERS = frozenset(
 # One metric read from a message: name, value, type, unit, quality.
 Reading = tuple[str, Value, MetricType, str | None, str | None]
 
+# What the record key and base headers depend on: topic, tenant, device,
+# schema version, and the MQTT (QoS, retain flag) that header templates may use.
+Identity = tuple[str, str, str, int, tuple[int, bool]]
+
 # Entries kept by each per-topic and per-identity cache before it starts over.
 # Both together cost about 1.1 KiB per device (measured with tracemalloc on
 # the default mapping: 22 MiB for 20,000 devices), so the bound keeps them
@@ -131,7 +135,7 @@ class Normalizer:
         # match, segment checks, key, base headers.  Both caches belong to this
         # plan; a reload builds a new Normalizer and so starts them empty.
         self._routes: dict[str, Route] = {}
-        self._identities: dict[tuple[str, str, str, int], tuple[bytes, Headers]] = {}
+        self._identities: dict[Identity, tuple[bytes, Headers]] = {}
         if previous is not None:
             self._adopt(previous)
 
@@ -154,9 +158,13 @@ class Normalizer:
         payload: bytes,
         now: Now,
         user_properties: list[tuple[str, str]] | None = None,
+        qos: int = 0,
+        retain: bool = False,
     ) -> Outcome:
         """``user_properties`` are the MQTT 5 user properties of the message,
-        carried as Kafka headers of its clean and raw records."""
+        carried as Kafka headers of its clean and raw records; ``qos`` and
+        ``retain`` fill the ``{mqtt_qos}`` and ``{mqtt_retain}`` of header
+        templates."""
         route = self._routes.get(topic)
         if route is None:
             route = self._route(topic)
@@ -166,7 +174,8 @@ class Normalizer:
         outcome = Outcome(mapping.name)
         try:
             carried = self._carried(user_properties, outcome) if user_properties else []
-            self._message(mapping, route, topic, payload, now, outcome, carried)
+            delivery = (qos, retain)
+            self._message(mapping, route, topic, payload, now, outcome, carried, delivery)
         except Refusal as refusal:
             self._dead(mapping, topic, payload, now, refusal, topic.encode(), outcome)
         return outcome
@@ -203,6 +212,7 @@ class Normalizer:
         now: Now,
         outcome: Outcome,
         carried: Headers,
+        delivery: tuple[int, bool],
     ) -> None:
         if len(payload) > self.max_payload:
             raise Refusal(
@@ -224,11 +234,12 @@ class Normalizer:
         known = None
         if isinstance(raw_tenant, str) and isinstance(raw_device, str):  # else maybe unhashable
             tenant, device = raw_tenant, raw_device
-            known = self._identities.get((topic, tenant, device, schema_version))
+            known = self._identities.get((topic, tenant, device, schema_version, delivery))
         if known is None:
             tenant = self._identity(raw_tenant, "tenant")
             device = self._identity(raw_device, "device")
-            known = self._identify(mapping, segments, (topic, tenant, device, schema_version))
+            identity = (topic, tenant, device, schema_version, delivery)
+            known = self._identify(mapping, segments, identity)
         key, headers = known
         try:
             self._check_identity(mapping, doc, tenant, device)
@@ -286,12 +297,12 @@ class Normalizer:
             records.append(Outgoing(mapping.raw_topic, key, payload, raw_headers))
 
     def _identify(
-        self, mapping: MappingPlan, segments: dict[str, str], identity: tuple[str, str, str, int]
+        self, mapping: MappingPlan, segments: dict[str, str], identity: Identity
     ) -> tuple[bytes, Headers]:
-        """Remember the record key and base headers of a checked (topic, tenant,
-        device, schema version) seen for the first time.  The headers list is
-        shared by every record of that identity: it is never mutated."""
-        topic, tenant, device, schema_version = identity
+        """Remember the record key and base headers of a checked identity seen
+        for the first time.  The headers list is shared by every record of
+        that identity: it is never mutated."""
+        topic, tenant, device, schema_version, (qos, retain) = identity
         key_values = {**segments, "tenant": tenant, "device": device}
         headers: Headers = [
             ("tenant", tenant.encode()),
@@ -299,8 +310,12 @@ class Normalizer:
             ("mqtt_topic", topic.encode()),
             ("schema_version", str(schema_version).encode()),
         ]
-        headers.extend((name, t.render(key_values).encode()) for name, t in mapping.headers)
-        known = (mapping.key.render(key_values).encode(), headers)
+        key = mapping.key.render(key_values).encode()
+        if mapping.headers:
+            key_values["mqtt_qos"] = str(qos)
+            key_values["mqtt_retain"] = "true" if retain else "false"
+            headers.extend((name, t.render(key_values).encode()) for name, t in mapping.headers)
+        known = (key, headers)
         if len(self._identities) >= CACHE_ENTRIES:
             self._identities.clear()
         self._identities[identity] = known

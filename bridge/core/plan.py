@@ -30,6 +30,8 @@ from bridge.core.topics import Template, TopicFilter, TopicSyntaxError
 
 # Placeholders every key or header template may use besides the topic's segments.
 RESOLVED_NAMES = ("tenant", "device")
+# And header templates only: how the MQTT message was delivered.
+DELIVERY_NAMES = ("mqtt_qos", "mqtt_retain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +211,8 @@ def compile_mapping(
     key = _template(mapping.kafka.key, path + ".kafka.key", allowed, errors)
     headers = []
     for header, text in mapping.kafka.headers.items():
-        template = _template(text, f"{path}.kafka.headers.{header}", allowed, errors)
+        where = f"{path}.kafka.headers.{header}"
+        template = _template(text, where, (*allowed, *DELIVERY_NAMES), errors)
         if template is not None:
             headers.append((header, template))
     for topic_field in ("clean_topic", "raw_topic", "dead_letter_topic"):

@@ -261,7 +261,7 @@ def test_check_config_prints_every_error_and_exits_2(
     assert out == ""
     assert err.splitlines() == [
         f"error: {path}: mappings[0].kafka.headers.zone: "
-        "unknown placeholder {zone} (known: tenant, device)",
+        "unknown placeholder {zone} (known: tenant, device, mqtt_qos, mqtt_retain)",
         "error: mappings/site.toml: mappings[0].kafka.key: "
         "unknown placeholder {phase} (known: tenant, device, site, meter)",
         "error: mappings/site.toml: mappings[0].payload.tenant.segment: "

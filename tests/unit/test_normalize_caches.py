@@ -88,3 +88,25 @@ def test_the_caches_start_over_past_their_bound(
         assert len(default._routes) <= 3
         assert len(default._identities) <= 3
     assert records(default.process(TOPIC, PAYLOAD, NOW))[0][1] == "t1:DEV-001"
+
+
+DELIVERY = """
+[[mappings]]
+mqtt = { topic = "tenant/{tenant}/device/{device}/telemetry" }
+kafka = { headers = { delivery = "qos {mqtt_qos} retain {mqtt_retain}" } }
+"""
+
+
+def test_header_templates_see_the_qos_and_retain_flag_of_each_message(
+    tmp_config: WriteConfig,
+) -> None:
+    normalizer = normalizer_for(tmp_config(DELIVERY))
+
+    def delivery(qos: int, retain: bool) -> str:
+        outcome = normalizer.process(TOPIC, PAYLOAD, NOW, None, qos, retain)
+        (_, _, headers, _), _raw = records(outcome)
+        return dict(headers)["delivery"]
+
+    assert delivery(1, False) == "qos 1 retain false"
+    assert delivery(0, True) == "qos 0 retain true"
+    assert delivery(1, False) == "qos 1 retain false"  # from the cache, still per message

@@ -103,7 +103,8 @@ MAPPING_ERRORS = [
     ('kafka = { key = "{tenant" }', "kafka.key: unbalanced brace in '{tenant'"),
     (
         'kafka = { headers = { zone = "{zone}" } }',
-        "kafka.headers.zone: unknown placeholder {zone} (known: tenant, device)",
+        "kafka.headers.zone: unknown placeholder {zone} "
+        "(known: tenant, device, mqtt_qos, mqtt_retain)",
     ),
     ('kafka = { raw_topic = "" }', "kafka.raw_topic: empty Kafka topic name"),
     ('kafka = { clean_topic = "" }', "kafka.clean_topic: empty Kafka topic name"),
