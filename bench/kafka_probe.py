@@ -46,6 +46,7 @@ from confluent_kafka import (
 from bench.mqtt_load import sent_ns_of
 
 _TRANSIENT = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+#: Half of a Kafka timestamp's resolution: added to take a sample to the middle of its millisecond.
 HALF_MS_NS = 500_000
 #: How often the count of records on Kafka is refreshed.
 COUNT_INTERVAL_S = 0.25

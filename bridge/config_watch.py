@@ -80,10 +80,14 @@ async def watch_config(
     """Call ``reload`` whenever a watched file changes, until cancelled.
     ``current`` gives the config in force, to know which files to watch;
     ``look`` takes a fingerprint (in a worker thread: it calls ``stat``)."""
-    files = watched_files(main, current())
-    last = await trio.to_thread.run_sync(look, files)
-    log.info("config.watching", files=[str(f) for f in files], interval_s=interval_s)
+    files: list[Path] = []
+    last: Fingerprint = ()
     while True:
+        watched = watched_files(main, current())
+        if watched != files:  # at the start, or a reload added or dropped an include
+            files = watched
+            last = await trio.to_thread.run_sync(look, files)
+            log.info("config.watching", files=[str(f) for f in files], interval_s=interval_s)
         await trio.sleep(interval_s)
         now = await trio.to_thread.run_sync(look, files)
         if now == last:
@@ -94,8 +98,3 @@ async def watch_config(
         # reads it differs from ``now`` and is reloaded on the next poll.
         last = now
         reload()
-        watched = watched_files(main, current())
-        if watched != files:  # the reload added or dropped an include
-            files = watched
-            last = await trio.to_thread.run_sync(look, files)
-            log.info("config.watching", files=[str(f) for f in files], interval_s=interval_s)

@@ -256,18 +256,18 @@ class KafkaSource:
     def _publish(self, messages: list[Message]) -> None:
         sent_at = iso_utc(time.time_ns())
         publish = self._hub.publish_kafka
-        records = 0
+        errors = 0  # counted rather than the records: errors are the rare case
         for message in messages:
             error = message.error()
             if error is not None:
                 self._record_error(message, error)
+                errors += 1
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             publish(topic, partition, offset, message.value(), sent_at)
-            records += 1
         # An error event (a transport error, say) is no sign of a live broker.
-        if records and self.state != "ok" and self.assigned:
+        if len(messages) > errors and self.state != "ok" and self.assigned:
             self._set_state("ok")
 
     def _record_error(self, message: Message, error: KafkaError) -> None:
