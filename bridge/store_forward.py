@@ -53,19 +53,33 @@ class Waiter(Protocol):
 
 
 class _DrainBatch:
-    """Delivery waiter for one batch of spooled records produced to Kafka."""
+    """The delivery reports of one round of spooled records produced to Kafka:
+    which of them failed, and when every report is in."""
 
     def __init__(self, size: int) -> None:
         self.outstanding = size
-        self.failed = 0
+        self.failed: list[SpoolEntry] = []
         self.done = trio.Event()
 
-    def delivered(self, error: Any, _message: Any) -> None:
+    def report(self, entry: SpoolEntry, error: Any) -> None:
         if error is not None:
-            self.failed += 1
+            self.failed.append(entry)
         self.outstanding -= 1
         if self.outstanding == 0:
             self.done.set()
+
+
+class _DrainRecord:
+    """Delivery waiter for one spooled record: tells its batch how it went."""
+
+    __slots__ = ("batch", "entry")
+
+    def __init__(self, batch: _DrainBatch, entry: SpoolEntry) -> None:
+        self.batch = batch
+        self.entry = entry
+
+    def delivered(self, error: Any, _message: Any) -> None:
+        self.batch.report(self.entry, error)
 
 
 class StoreAndForward:
@@ -204,7 +218,6 @@ class StoreAndForward:
         return stored, dropped, full
 
     async def _drainer(self) -> None:
-        delay = RETRY_MIN_S
         while True:
             await self._stored.wait()
             entries: list[SpoolEntry] = await trio.to_thread.run_sync(self.spool.read, DRAIN_BATCH)
@@ -214,23 +227,26 @@ class StoreAndForward:
                     self.active = False
                     log.info("spool.drained", hint="records go straight to Kafka again")
                 continue
-            if not await self._produce(entries):
-                await trio.to_thread.run_sync(self.spool.rewind)
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            delay = RETRY_MIN_S
+            await self._produce(entries)
             await trio.to_thread.run_sync(self.spool.ack_through, entries[-1].seq)
             self.stats.spool_drained += len(entries)
             self._freed.set()
 
-    async def _produce(self, entries: list[SpoolEntry]) -> bool:
-        """Produce one read batch and wait for every report; True when all landed."""
-        batch = _DrainBatch(len(entries))
-        for entry in entries:
-            while not self.producer.produce(entry.record, batch):
-                await trio.sleep(0.01)  # librdkafka's queue is full: let it drain
-        await batch.done.wait()
-        if batch.failed:
-            log.warning("spool.drain_failed", failed=batch.failed, retry="with backoff")
-        return batch.failed == 0
+    async def _produce(self, entries: list[SpoolEntry]) -> None:
+        """Produce one read batch until every record has landed.  Only the
+        records whose delivery failed are produced again, with backoff: the
+        ones Kafka took are not written twice (a partly failed batch, say one
+        partition's leader failing, used to send the whole batch again)."""
+        delay = RETRY_MIN_S
+        while True:
+            batch = _DrainBatch(len(entries))
+            for entry in entries:
+                while not self.producer.produce(entry.record, _DrainRecord(batch, entry)):
+                    await trio.sleep(0.01)  # librdkafka's queue is full: let it drain
+            await batch.done.wait()
+            if not batch.failed:
+                return
+            log.warning("spool.drain_failed", failed=len(batch.failed), retry_in_s=delay)
+            entries = batch.failed
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)

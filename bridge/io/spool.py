@@ -16,17 +16,17 @@ The contract with the caller
   ``sync()`` returned a number >= the sequence of each of its records.
 * ``read()`` hands out durable records in append order; once Kafka acknowledged
   every record up to some sequence number, ``ack_through(seq)`` records that in
-  the cursor file and deletes the segments that are fully delivered.
-  ``rewind()`` goes back to the first unacknowledged record after a failed
-  produce.
+  the cursor file and deletes the segments that are fully delivered.  A
+  record is read once per process: a caller whose produce failed keeps the
+  record and produces it again (see :mod:`bridge.store_forward`).
 * Delivery is at-least-once.  Duplicates appear only for records that were
   produced to Kafka but not yet covered by an ``ack_through`` when the process
-  died (the ones in flight: at most what the caller read and did not ack), and
-  for records re-read after ``rewind()``.  The cursor file is replaced with
-  rename after an fsync of the new file, so it is always either the old or the
-  new position; the directory is not fsynced for it, so a power loss right
-  after an ack can bring back the previous position: more duplicates (bounded by
-  the same in-flight window), never a loss.
+  died (the ones in flight: at most what the caller read and did not ack).
+  The cursor file is replaced with rename after an fsync of the new file, so
+  it is always either the old or the new position; the directory is not
+  fsynced for it, so a power loss right after an ack can bring back the
+  previous position: more duplicates (bounded by the same in-flight window),
+  never a loss.
 * ``when_full="backpressure"``: an ``append`` that does not fit raises
   :class:`SpoolFull` and writes nothing (all or nothing per batch), so the caller
   stops acknowledging MQTT and the broker keeps the backlog.
@@ -462,7 +462,7 @@ class Spool:
     def read(self, max_records: int = 1000, max_bytes: int = 1 << 20) -> list[SpoolEntry]:
         """The next durable records in append order, up to ``max_records`` or about
         ``max_bytes`` of frames; empty when nothing is waiting.  Each call continues
-        where the previous one stopped (see :meth:`rewind`)."""
+        where the previous one stopped."""
         with self._lock:
             out: list[SpoolEntry] = []
             budget = max_bytes
@@ -534,19 +534,11 @@ class Spool:
             reason=reason,
             records_lost=lost,
         )
-        if (reader.seq, segment.end_seq) not in self._lost:  # not again after a rewind
-            self._corrupt_total += lost
-            self._lost.append((reader.seq, segment.end_seq))
+        self._corrupt_total += lost
+        self._lost.append((reader.seq, segment.end_seq))
         reader.offset, reader.seq = segment.size, segment.end_seq
         self._read_seq = max(self._read_seq, segment.end_seq)
         self._advance_acked(self._acked)
-
-    def rewind(self) -> None:
-        """Read again from the first record not covered by :meth:`ack_through`
-        (after a produce failed for records already read)."""
-        with self._lock:
-            self._leave_segment()
-            self._read_seq = self._first_undelivered()
 
     def ack_through(self, seq: int) -> None:
         """Every record up to ``seq`` is acknowledged by Kafka: persist the cursor and

@@ -155,15 +155,6 @@ def test_ack_beyond_what_was_read_is_refused(tmp_path: Path) -> None:
             spool.ack_through(2)
 
 
-def test_rewind_rereads_from_the_first_unacked(tmp_path: Path) -> None:
-    with open_spool(tmp_path) as spool:
-        fill(spool, 1, 10)
-        assert len(spool.read(max_records=7)) == 7
-        spool.ack_through(2)
-        spool.rewind()
-        assert [e.seq for e in read_all(spool)] == list(range(3, 11))
-
-
 def _torn_reopen(path: Path) -> tuple[Spool, list[MutableMapping[str, Any]]]:
     with capture_logs() as logs:
         spool = open_spool(path)
