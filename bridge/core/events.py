@@ -18,6 +18,7 @@ means reading each partition from its offset on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,6 +36,9 @@ EVENT_TYPE = "telemetry.update"
 MAX_FILTER_ITEMS = 1000
 MAX_NAME_LENGTH = 256
 MAX_CURSOR_LENGTH = 8192
+#: Kafka's own bounds: partitions are int32, offsets int64.
+MAX_PARTITION = 2**31 - 1
+MAX_OFFSET = 2**63 - 1
 
 Positions = dict[str, dict[int, int]]
 """Stream position: topic -> partition -> next offset (last seen + 1)."""
@@ -66,8 +70,15 @@ def encode_cursor(positions: Mapping[str, Mapping[int, int]]) -> str:
     )
 
 
+#: ``partition:offset`` in ASCII digits, no sign, no more digits than the
+#: largest int32 / int64 has (``str.isdigit`` would take ``²`` and 5,000 digits).
+_PAIR = re.compile(r"([0-9]{1,10}):([0-9]{1,19})", re.ASCII)
+
+
 def decode_cursor(text: str) -> Positions:
-    """The inverse of :func:`encode_cursor`; :class:`CursorError` on anything else."""
+    """The inverse of :func:`encode_cursor`; :class:`CursorError` on anything else,
+    including numbers outside Kafka's bounds (partition int32, offset int64), so
+    that whatever this returns can be handed to librdkafka."""
     if not text or len(text) > MAX_CURSOR_LENGTH:
         raise CursorError("empty or too long")
     positions: Positions = {}
@@ -77,10 +88,13 @@ def decode_cursor(text: str) -> Positions:
             raise CursorError(f"bad topic segment {segment[:80]!r}")
         parts: dict[int, int] = {}
         for pair in pairs.split(","):
-            partition, sep, offset = pair.partition(":")
-            if not (sep and partition.isdigit() and offset.isdigit()) or int(partition) in parts:
+            match = _PAIR.fullmatch(pair)
+            if match is None:
                 raise CursorError(f"bad partition:offset {pair[:80]!r}")
-            parts[int(partition)] = int(offset)
+            partition, offset = int(match[1]), int(match[2])
+            if partition > MAX_PARTITION or offset > MAX_OFFSET or partition in parts:
+                raise CursorError(f"bad partition:offset {pair[:80]!r}")
+            parts[partition] = offset
         positions[topic] = parts
     return positions
 
@@ -303,13 +317,17 @@ def apply_action(filters: Filters, message: str | bytes) -> tuple[Filters, bytes
         body = msgspec.json.decode(message)
     except msgspec.DecodeError as exc:
         return filters, error_message(f"invalid JSON: {exc}")
+    except RecursionError:
+        # msgspec recurses per nesting level and stops cleanly at Python's limit.
+        return filters, error_message("invalid JSON: nested too deeply")
     if not isinstance(body, dict):
         return filters, error_message("expected a JSON object with an action")
     name = body.pop("action", None)
     kind = _ACTIONS.get(name) if isinstance(name, str) else None
     if kind is None:
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80])
         return filters, error_message(
-            f"unknown action {name!r}: expected one of {', '.join(_ACTIONS)}"
+            f"unknown action {shown}: expected one of {', '.join(_ACTIONS)}"
         )
     try:
         action = msgspec.convert(body, kind)

@@ -18,8 +18,9 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from bridge.auth import Refused, select_subprotocol
-from bridge.core.events import apply_action, connected_message, ping_message
+from bridge.core.events import apply_action, connected_message, error_message, ping_message
 from bridge.io.http import Request
+from bridge.logs import SampledLog
 from bridge.stream.hub import Client, Event, Transport
 from bridge.stream.pump import pump
 
@@ -59,27 +60,47 @@ class _WebSocketSink:
         await self.control(ping_message(now_ns))
 
 
-async def _receive(ws: WebSocketConnection, client: Client, scope: trio.CancelScope) -> None:
+#: Failures of the action handler itself (a bug, not a bad message: those get
+#: their own error reply), logged with a traceback at most every 10 s.
+_action_failures = SampledLog("stream.websocket_action_failed", level="error")
+
+
+def _handle(client: Client, message: str | bytes, remote: str) -> bytes:
+    """Apply one client message; the reply.  Nothing a client sends may end its
+    connection, let alone another's: whatever goes wrong becomes an ``error``
+    reply and the filters stay as they were."""
+    try:
+        filters, reply = apply_action(client.filters, message)
+        client.filters = filters
+        client.queue.retain(client.wants)
+    except Exception as exc:
+        _action_failures(remote=remote, error=type(exc).__name__, exc_info=exc)
+        return error_message("internal error handling this action; filters unchanged")
+    return reply
+
+
+async def _receive(
+    ws: WebSocketConnection, client: Client, scope: trio.CancelScope, remote: str
+) -> None:
     """Filter changes until the client closes; then end the session."""
     try:
         while True:
             message = await ws.get_message()
-            client.filters, reply = apply_action(client.filters, message)
-            wants = client.wants
-            client.queue.retain(wants)
-            await ws.send_message(reply.decode())
+            await ws.send_message(_handle(client, message, remote).decode())
     except ConnectionClosed:
         pass
     scope.cancel()
 
 
-async def _serve(service: StreamService, ws: WebSocketConnection, client: Client) -> str | None:
+async def _serve(
+    service: StreamService, ws: WebSocketConnection, client: Client, remote: str
+) -> str | None:
     """Run an admitted client; the reason to close it with 1008, or None."""
     settings = service.settings
     await ws.send_message(connected_message(client.filters, client.role).decode())
     stuck: bool | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_receive, ws, client, nursery.cancel_scope)
+        nursery.start_soon(_receive, ws, client, nursery.cancel_scope, remote)
         with contextlib.suppress(ConnectionClosed):
             stuck = await pump(
                 client,
@@ -111,7 +132,7 @@ async def websocket_session(
             code, reason = exc.refusal.close_code, str(exc)
             return
         try:
-            slow = await _serve(service, ws, client)
+            slow = await _serve(service, ws, client, request.remote)
             if slow is not None:
                 code, reason = POLICY_VIOLATION, slow
         except ConnectionClosed:

@@ -139,6 +139,9 @@ async def test_live_filter_changes_are_acknowledged_and_applied(tansu: Tansu, to
         await ws.send_message('{"action": "dance"}')
         error = await next_json(ws)
         assert error["type"] == "error" and "dance" in error["message"]
+        await ws.send_message('{"action": "subscribe", "devices": ' + "[" * 2000 + "]" * 2000 + "}")
+        error = await next_json(ws)
+        assert error["type"] == "error" and "nested too deeply" in error["message"]
 
         reply = await send_action(ws, {"action": "clear_filters"})
         assert reply["type"] == "filters_cleared"

@@ -1,0 +1,149 @@
+"""What stream clients send, at its worst: the WebSocket action parser and the
+SSE cursor decoder take any text and answer with their documented refusals
+(an ``error`` reply, :class:`CursorError`), never an exception."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.core.events import (
+    MAX_OFFSET,
+    MAX_PARTITION,
+    CursorError,
+    Filters,
+    apply_action,
+    decode_cursor,
+    encode_cursor,
+)
+
+START = Filters("t1", None, None)
+REPLIES = {"error", "subscribed", "unsubscribed", "metrics_updated", "filters_cleared"}
+
+
+def reply_of(message: str | bytes) -> dict[str, Any]:
+    filters, reply = apply_action(START, message)
+    body = msgspec.json.decode(reply)
+    assert isinstance(body, dict) and body["type"] in REPLIES, body
+    if body["type"] == "error":
+        assert filters is START
+        assert isinstance(body["message"], str) and body["message"]
+    assert filters.tenant == "t1"
+    return body
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "[" * 2000 + "]" * 2000,
+        '{"action": "subscribe", "devices": ' + "[" * 2000 + "]" * 2000 + "}",
+        '{"action": "subscribe", "x": ' + '{"a":' * 2000 + "1" + "}" * 2000 + "}",
+        '{"action": ' + "[" * 100_000,
+        b"\xff\xfe\x00",
+        '{"action": "' + "a" * 60_000 + '"}',
+    ],
+)
+def test_deep_or_garbage_actions_get_an_error_reply(message: str | bytes) -> None:
+    body = reply_of(message)
+    assert body["type"] == "error"
+    assert len(body["message"]) < 500
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["action", "device", "devices", "metrics", "x"]), children
+        )
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.binary(max_size=200),
+        _json.map(lambda v: json.dumps(v, allow_nan=True)),
+        st.fixed_dictionaries(
+            {"action": st.sampled_from(["subscribe", "unsubscribe", "set_metrics", "x"])},
+            optional={"device": _json, "devices": _json, "metrics": _json},
+        ).map(json.dumps),
+        st.integers(min_value=1, max_value=5000).map(lambda n: "[" * n + "]" * n),
+    )
+)
+def test_any_action_text_gets_a_documented_reply(message: str | bytes) -> None:
+    reply_of(message)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "t@²:0",
+        "t@0:²",
+        "t@٣:1",
+        "t@0:" + "1" * 5000,
+        "t@" + "9" * 5000 + ":0",
+        f"t@{MAX_PARTITION + 1}:0",
+        f"t@0:{MAX_OFFSET + 1}",
+        "t@+1:0",
+        "t@ 1:0",
+        "t@1:0 ",
+        "t@0:1,",
+        "t@0:1;;u@0:1",
+    ],
+)
+def test_cursors_beyond_what_kafka_can_hold_are_refused(text: str) -> None:
+    with pytest.raises(CursorError):
+        decode_cursor(text)
+
+
+def test_the_largest_positions_kafka_can_hold_are_accepted() -> None:
+    positions = {"telemetry.clean": {MAX_PARTITION: MAX_OFFSET, 0: 0}}
+    assert decode_cursor(encode_cursor(positions)) == positions
+
+
+def _checked(text: str) -> None:
+    try:
+        positions = decode_cursor(text)
+    except CursorError:
+        return
+    for topic, parts in positions.items():
+        assert topic and parts
+        for partition, offset in parts.items():
+            assert 0 <= partition <= MAX_PARTITION and 0 <= offset <= MAX_OFFSET
+
+
+_cursor_chars = st.sampled_from(list("0123456789@:,;.t²٣-+ \x00é"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=300), st.text(_cursor_chars, max_size=300)))
+def test_any_cursor_text_decodes_within_bounds_or_is_refused(text: str) -> None:
+    _checked(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z.]{1,12}", fullmatch=True),
+        st.dictionaries(st.integers(0, 2**40), st.integers(0, 2**70), min_size=1, max_size=5),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_cursors_with_numbers_of_any_size_decode_within_bounds_or_are_refused(
+    positions: dict[str, dict[int, int]],
+) -> None:
+    _checked(encode_cursor(positions))
