@@ -318,6 +318,15 @@ async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         conn.receive_data(bytes(data))
 
 
+def _head_size(event: h11.Request) -> int:
+    """The size of a request head as sent (request line, header lines, CRLFs).
+
+    h11's ``max_incomplete_event_size`` only bounds a head still arriving, so a
+    head that came in one read is checked here, against the same limit."""
+    size = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n\r\n")
+    return size + sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+
+
 async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
     """The next request with its (discarded, bounded) body; None when the
     client closed, or sent nothing in time."""
@@ -327,6 +336,8 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Re
             return None
         if not isinstance(event, h11.Request):
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}", 400)
+        if _head_size(event) > MAX_HEADER_BYTES:
+            raise h11.RemoteProtocolError(f"request head larger than {MAX_HEADER_BYTES} bytes", 431)
         size = 0
         while True:
             part = await _next_event(conn, stream)

@@ -118,3 +118,20 @@ async def test_garbage_gets_400_and_the_server_keeps_serving(unique: str) -> Non
         async with open_websocket_url(s.ws_url(token=client_token("t1"))) as ws:
             assert (await next_json(ws))["type"] == "connected"
         await idle.aclose()
+
+
+@pytest.mark.parametrize("size", [20_000, 60_000])
+async def test_a_request_head_over_16_kb_gets_431_even_in_one_write(unique: str, size: int) -> None:
+    """h11 bounds only a head still arriving; one that came in one read is
+    measured by the server itself."""
+    async with running_stream(local_config(unique), wait_for_kafka=False) as s:
+        sock = await trio.open_tcp_stream("127.0.0.1", s.port)
+        head = b"GET /api/stream/status HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * size + b"\r\n\r\n"
+        await sock.send_all(head)
+        with trio.fail_after(10):
+            reply = await sock.receive_some(65536)
+        await sock.aclose()
+        assert reply.startswith(b"HTTP/1.1 431 "), reply[:80]
+        # A head just under the limit is served.
+        fits = [("x-big", "a" * 15_000)]
+        assert (await SseClient.open(s.port, "/api/stream/status", fits)).status == 200
