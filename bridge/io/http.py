@@ -223,6 +223,8 @@ class Router:
     def __init__(self) -> None:
         self._http: dict[str, HttpHandler] = {}
         self._websocket: dict[str, WebSocketHandler] = {}
+        #: Answers ``OPTIONS`` (CORS preflight) on every HTTP route when set.
+        self.preflight: HttpHandler | None = None
 
     def add(self, path: str, handler: HttpHandler) -> None:
         key = _normalise(path)
@@ -432,9 +434,12 @@ class HttpServer:
             await _error(responder, 426, "this endpoint speaks WebSocket only")
         elif handler is None:
             await _error(responder, 404, f"no route for {request.path}")
+        elif request.method == "OPTIONS" and self.router.preflight is not None:
+            await self._call(self.router.preflight, request, responder)
         elif request.method != "GET":
+            allow = "GET, OPTIONS" if self.router.preflight is not None else "GET"
             await responder.send_json(
-                405, {"error": "Method Not Allowed"}, headers=[("allow", "GET")]
+                405, {"error": "Method Not Allowed"}, headers=[("allow", allow)]
             )
         else:
             await self._call(handler, request, responder)

@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 WEBSOCKET_PATH = "/ws/telemetry/stream/"
 SSE_PATH = "/sse/telemetry/stream/"
 STATUS_PATH = "/api/stream/status"
+#: Request headers a page may send cross-origin (CORS preflight), and how long
+#: a browser may keep that answer.
+PREFLIGHT_HEADERS = "authorization, last-event-id, cache-control"
+PREFLIGHT_MAX_AGE_S = 600
 
 
 class PartitionStatus(msgspec.Struct):
@@ -161,18 +165,55 @@ class StreamService:
             partitions=partitions,
         )
 
+    def origin_allowed(self, request: Request) -> bool:
+        """Whether a page of the request's ``Origin`` may use the stream: listed
+        in ``stream.allow_origins`` (``*``: any), or the page's own host (the
+        ``Host`` the request was sent to, as behind a reverse proxy that serves
+        the dashboard too).  No ``Origin`` at all is a client that is not a
+        browser (curl, a service): nothing to protect it from."""
+        origin = request.headers.get("origin")
+        if origin is None:
+            return True
+        allowed = self.settings.allow_origins
+        if "*" in allowed or origin in allowed:
+            return True
+        _scheme, sep, authority = origin.partition("://")
+        host = request.headers.get("host")
+        return bool(sep) and host is not None and authority.lower() == host.lower()
+
     def cors_headers(self, request: Request) -> list[tuple[str, str]]:
         origin = request.headers.get("origin")
-        allowed = self.settings.allow_origins
-        if origin and ("*" in allowed or origin in allowed):
+        if origin and self.origin_allowed(request):
             return [("access-control-allow-origin", origin), ("vary", "origin")]
         return []
 
+    async def preflight(self, request: Request, responder: Responder) -> None:
+        """``OPTIONS``: what a page of an allowed origin may send, so that a
+        ``fetch()`` with an ``Authorization`` header gets through CORS."""
+        if request.headers.get("origin") is None or not self.origin_allowed(request):
+            body = {"error": "forbidden", "message": "origin not in stream.allow_origins"}
+            await responder.send_json(403, body, headers=[("vary", "origin")])
+            return
+        headers = [
+            *self.cors_headers(request),
+            ("access-control-allow-methods", "GET, OPTIONS"),
+            ("access-control-allow-headers", PREFLIGHT_HEADERS),
+            ("access-control-max-age", str(PREFLIGHT_MAX_AGE_S)),
+        ]
+        await responder.send(204, b"", "text/plain", headers)
+
     def admit(self, transport: Transport, request: Request, subprotocols: list[str]) -> Client:
-        """Authenticate, build the filters, count the connection: the client,
-        or :class:`Refused` with the close code / status to report."""
+        """Check the origin, authenticate, build the filters, count the
+        connection: the client, or :class:`Refused` with the close code /
+        status to report.  A refused origin is refused first, so it never
+        counts against the tenant's limit."""
         token = find_token(request.query, request.headers, subprotocols)
         try:
+            if not self.origin_allowed(request):
+                origin = request.headers.get("origin", "")[:100]
+                raise Refused(
+                    Refusal.FORBIDDEN, f"origin {origin!r} is not in stream.allow_origins"
+                )
             principal = self.auth.verify(token)
             try:
                 filters = initial_filters(
@@ -252,6 +293,7 @@ async def run_stream(
     router.add_websocket(WEBSOCKET_PATH, partial(websocket_session, service))
     router.add(SSE_PATH, partial(sse_session, service))
     router.add(STATUS_PATH, service.status_endpoint)
+    router.preflight = service.preflight
     for path, handler in (extra_routes or {}).items():
         router.add(path, handler)
     async with trio.open_nursery() as nursery:

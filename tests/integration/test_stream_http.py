@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 import h11
+import msgspec
 import pytest
 import trio
 from trio_websocket import open_websocket_url
@@ -135,3 +136,51 @@ async def test_a_request_head_over_16_kb_gets_431_even_in_one_write(unique: str,
         # A head just under the limit is served.
         fits = [("x-big", "a" * 15_000)]
         assert (await SseClient.open(s.port, "/api/stream/status", fits)).status == 200
+
+
+async def test_cors_preflight_is_answered_for_allowed_origins_only(unique: str) -> None:
+    """A fetch() with an Authorization header from a page of an allowed origin
+    is preceded by OPTIONS; it must get the CORS answer, others 403."""
+    config = msgspec.structs.replace(
+        local_config(unique),
+        stream=msgspec.structs.replace(
+            local_config(unique).stream, allow_origins=["https://dash.example"]
+        ),
+    )
+    asking = [
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "authorization"),
+    ]
+    async with running_stream(config, wait_for_kafka=False) as s:
+        for path in ("/sse/telemetry/stream/", "/api/stream/status"):
+            allowed = await request(
+                s.port, "OPTIONS", path, [("origin", "https://dash.example"), *asking]
+            )
+            assert allowed.status_code == 204
+            headers = {k.decode(): v.decode() for k, v in allowed.headers}
+            assert headers["access-control-allow-origin"] == "https://dash.example"
+            assert "GET" in headers["access-control-allow-methods"]
+            assert "authorization" in headers["access-control-allow-headers"].lower()
+            assert int(headers["access-control-max-age"]) > 0
+            refused = await request(
+                s.port, "OPTIONS", path, [("origin", "https://evil.example"), *asking]
+            )
+            assert refused.status_code == 403
+            assert b"access-control-allow-origin" not in dict(refused.headers)
+
+
+async def request(
+    port: int, method: str, target: str, headers: list[tuple[str, str]]
+) -> h11.Response:
+    sock = await trio.open_tcp_stream("127.0.0.1", port)
+    conn = h11.Connection(h11.CLIENT)
+    head = h11.Request(method=method, target=target, headers=[("host", "x"), *headers])
+    await sock.send_all(conn.send(head) + conn.send(h11.EndOfMessage()))
+    with trio.fail_after(10):
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await sock.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                await sock.aclose()
+                return event

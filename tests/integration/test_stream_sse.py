@@ -133,16 +133,28 @@ async def test_keepalive_comment_when_nothing_happens(tansu: Tansu, topic: str) 
     assert ping.comments and ping.comments[0].startswith("ping ")
 
 
-async def test_cors_header_for_allowed_origins(tansu: Tansu, topic: str) -> None:
-    config = stream_config(tansu.bootstrap, topic, allow_origins=["https://dash.example"])
+async def test_cors_header_for_allowed_origins_and_403_before_counting_for_others(
+    tansu: Tansu, topic: str
+) -> None:
+    config = stream_config(
+        tansu.bootstrap, topic, allow_origins=["https://dash.example"], max_per_tenant=1
+    )
     async with running_stream(config, wait_for_kafka=False) as stream:
         t1 = client_token("t1")
         allowed = await connected(stream, {"token": t1}, [("origin", "https://dash.example")])
-        other = await connected(stream, {"token": t1}, [("origin", "https://evil.example")])
         assert allowed.headers["access-control-allow-origin"] == "https://dash.example"
+        await allowed.aclose()
+        await async_wait_until(lambda: not stream.service.status().per_tenant, 10, "close")
+        # A refused origin is refused before it counts: the tenant's one slot stays free.
+        other = await open_sse(stream, {"token": t1}, [("origin", "https://evil.example")])
+        assert other.status == 403
         assert "access-control-allow-origin" not in other.headers
-        for client in (allowed, other):
-            await client.aclose()
+        assert "evil.example" in (await other.body_json())["message"]
+        # No Origin (not a browser), or the page's own host: allowed.
+        same = await connected(
+            stream, {"token": t1}, [("origin", f"http://127.0.0.1:{stream.port}")]
+        )
+        await same.aclose()
 
 
 # --------------------------------------------------------------------------- resume

@@ -193,8 +193,11 @@ async def test_tenants_are_isolated_and_admins_see_across(tansu: Tansu, topic: s
         )
 
 
-async def close_code(url: str, subprotocols: list[str] | None = None) -> tuple[int, str | None]:
-    async with open_websocket_url(url, subprotocols=subprotocols) as ws:
+async def close_code(
+    url: str, subprotocols: list[str] | None = None, origin: str | None = None
+) -> tuple[int, str | None]:
+    headers = [(b"origin", origin.encode())] if origin is not None else None
+    async with open_websocket_url(url, subprotocols=subprotocols, extra_headers=headers) as ws:
         with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
             await ws.get_message()
     reason = closed.value.reason
@@ -236,6 +239,25 @@ async def test_refusals_close_with_their_code(
         got_code, reason = await close_code(s.ws_url(**query))
     assert got_code == code
     assert reason is not None and words in reason
+
+
+async def test_origin_checked_on_the_upgrade_before_counting(tansu: Tansu, topic: str) -> None:
+    """A page of an origin not in stream.allow_origins gets 4003 and nothing
+    else, and is not counted; no Origin (not a browser), a listed origin and
+    the page's own host are served."""
+    config = stream_config(
+        tansu.bootstrap, topic, allow_origins=["https://dash.example"], max_per_tenant=1
+    )
+    async with running_stream(config, wait_for_kafka=False) as s:
+        url = s.ws_url(token=client_token("t1"))
+        code, reason = await close_code(url, origin="https://evil.example")
+        assert code == 4003 and reason is not None and "origin" in reason
+        assert not s.service.status().per_tenant
+        for origin in (None, "https://dash.example", f"http://127.0.0.1:{s.port}"):
+            headers = [(b"origin", origin.encode())] if origin else None
+            async with open_websocket_url(url, extra_headers=headers) as ws:
+                assert (await next_json(ws))["type"] == "connected"
+            await async_wait_until(lambda: not s.service.status().per_tenant, 10, "close")
 
 
 async def test_token_from_header_or_subprotocol(tansu: Tansu, topic: str) -> None:
