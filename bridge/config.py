@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -182,10 +182,12 @@ class MetricSpec(_Section):
 
 
 class DeviceSpec(_Section):
-    """A device registry entry (``[devices.<tenant>.<device>]``)."""
+    """A device registry entry (``[devices.<tenant>.<device>]``).  ``groups``
+    name the groups a stream client can select it by (``?group=pumps``)."""
 
     active: bool = True
     metrics: list[str] | None = None
+    groups: list[str] = msgspec.field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- adapters
@@ -338,6 +340,185 @@ class CommandMapping(_Section):
     session_timeout_ms: int = 6000
 
 
+# --------------------------------------------------------------------------- stream endpoints
+class StreamSource(_Section):
+    """Where an endpoint's events come from, and how a Kafka record is read.
+
+    ``read``: ``clean`` (the bridge's own clean records, one event per record),
+    ``mapping`` (the raw topic: each record is one MQTT message, read again
+    through the ingest mapping named by ``mapping``, so an event carries every
+    metric of the message and its MQTT topic) or ``json`` (any JSON record:
+    ``tenant``, ``device``, ``ts`` and the metrics are found with the same
+    rules as a mapping's payload; a record without a device is skipped and
+    counted).  Endpoints with the same ``topics``, ``group_id`` and ``start``
+    share one Kafka consumer.  ``start``: where a new consumer begins when the
+    group has no committed offset.
+    """
+
+    topics: list[str] = msgspec.field(default_factory=lambda: ["telemetry.clean"])
+    read: Literal["clean", "mapping", "json"] = "clean"
+    mapping: str | None = None
+    tenant: Source = msgspec.field(default_factory=lambda: Source(const="default"))
+    device: Source | None = None
+    ts: TimeRule | None = None
+    metrics_object: str | None = None
+    fields: dict[str, FieldRule] = msgspec.field(default_factory=dict)
+    group_id: str | None = None
+    start: Literal["latest", "earliest"] = "latest"
+
+
+class StreamEnvelope(_Section):
+    """What a client receives per event.
+
+    ``update``: today's ``{"event_id", "type": "telemetry.update",
+    "schema_version", "sent_at", "data": {clean record}}`` (``read = "clean"``
+    only).  ``message``: ``template``, a JSON object whose string values
+    ``"{tenant}"``, ``"{device}"``, ``"{metrics}"`` (only the metrics the client
+    asked for), ``"{ts}"``, ``"{topic}"`` (the MQTT topic), ``"{event_id}"`` and
+    ``"{sent_at}"`` are replaced by those values; an event with none of the
+    requested metrics is not sent.  ``passthrough``: the record's JSON as it is.
+    """
+
+    kind: Literal["update", "message", "passthrough"] = "update"
+    template: dict[str, Any] | None = None
+
+
+class StreamFilters(_Section):
+    """The query parameters a client filters with, each a list of accepted
+    names (aliases); every value may be a comma-separated list
+    (``?device_ids=A,B``).  An empty list switches the filter off."""
+
+    device: list[str] = msgspec.field(default_factory=lambda: ["device"])
+    metric: list[str] = msgspec.field(default_factory=lambda: ["metric"])
+    group: list[str] = msgspec.field(default_factory=lambda: ["group"])
+    tenant: list[str] = msgspec.field(default_factory=lambda: ["tenant"])
+
+
+class StreamActions(_Section):
+    """The JSON messages a WebSocket client sends to change its filters.
+
+    ``field`` names the action; the four actions' names are configurable, and
+    so are the fields they read (``device_fields``: one id or a list each).
+    ``replies``: ``bridge`` answers with the whole new filter set, ``echo``
+    repeats what the client sent (``{"type": "subscribed", "device_id": X}``).
+    ``unknown`` is the error message for an unknown action (``{action}`` is
+    its name).
+    """
+
+    enabled: bool = True
+    field: str = "action"
+    subscribe: str = "subscribe"
+    unsubscribe: str = "unsubscribe"
+    set_metrics: str = "set_metrics"
+    clear_filters: str = "clear_filters"
+    device_fields: list[str] = msgspec.field(default_factory=lambda: ["device", "devices"])
+    metric_fields: list[str] = msgspec.field(default_factory=lambda: ["metrics"])
+    group_fields: list[str] = msgspec.field(default_factory=lambda: ["group", "groups"])
+    replies: Literal["bridge", "echo"] = "bridge"
+    subscribed: str = "subscribed"
+    unsubscribed: str = "unsubscribed"
+    metrics_updated: str = "metrics_updated"
+    filters_cleared: str = "filters_cleared"
+    error: str = "error"
+    unknown: str = "Unknown action: {action}"
+
+
+class StreamKeepalive(_Section):
+    """What is sent after ``interval_s`` without events: on a WebSocket a JSON
+    ``{"type": "ping", "ts"}`` message (``json``), a WebSocket ping frame
+    (``ping``) or nothing; on SSE a comment line (``comment``), the JSON ping
+    as an event (``json``) or nothing, every ``sse_interval_s`` (default
+    ``interval_s``)."""
+
+    interval_s: float = 30.0
+    websocket: Literal["json", "ping", "none"] = "json"
+    sse_interval_s: float | None = None
+    sse: Literal["comment", "json", "none"] = "comment"
+
+
+class RefusalCodes(_Section):
+    """A WebSocket close code per reason a connection is refused: ``token``
+    (missing or invalid), ``role`` (no accepted role), ``tenant`` (no tenant,
+    or one not granted), ``limit`` (the tenant's connections are used up),
+    ``request`` (a filter that cannot be applied)."""
+
+    token: int = 4001
+    role: int = 4003
+    tenant: int = 4003
+    limit: int = 4029
+    request: int = 4400
+
+
+class RefusalStatuses(_Section):
+    """The HTTP status (SSE) per reason a connection is refused, as in
+    :class:`RefusalCodes`."""
+
+    token: int = 401
+    role: int = 403
+    tenant: int = 403
+    limit: int = 429
+    request: int = 400
+
+
+class StreamIdentity(_Section):
+    """Where a token's role and tenant are found.
+
+    ``role_claims`` and ``tenant_claims`` are dot paths into the claims, tried
+    in order (``realm_access.roles``); a role claim may be one string or a
+    list; a tenant claim a string, an object (its first key) or a list (its
+    first string).  A token role in ``admin_roles`` sees every tenant (or the
+    one it asks for), one in ``client_roles`` its own tenant; any other is
+    refused.  ``without_tenant``: what a client token without a tenant gets,
+    refused or every tenant (one organisation).  ``tenant``: a single-tenant
+    deployment: every connection sees this tenant, whatever the token says.
+    """
+
+    role_claims: list[str] = msgspec.field(default_factory=lambda: ["role"])
+    tenant_claims: list[str] = msgspec.field(default_factory=lambda: ["tenant"])
+    admin_roles: list[str] = msgspec.field(default_factory=lambda: ["admin"])
+    client_roles: list[str] = msgspec.field(default_factory=lambda: ["client"])
+    without_tenant: Literal["refuse", "all"] = "refuse"
+    tenant: str | None = None
+    close_codes: RefusalCodes = msgspec.field(default_factory=RefusalCodes)
+    http_statuses: RefusalStatuses = msgspec.field(default_factory=RefusalStatuses)
+
+
+class StreamEndpoint(_Section):
+    """One stream contract (``[[streams]]``): paths, source, envelope, filters,
+    live actions, welcome, keepalive, identity.  Without any ``[[streams]]``
+    the built-in endpoints of ``[stream]`` are served; with some, only these.
+
+    ``auth`` must be stated: ``jwt`` (keys from ``[auth]``) or ``none`` (every
+    client is an admin of ``identity.tenant``, or of every tenant: only behind
+    an authenticating proxy; logged as a warning at start).  ``welcome``: the
+    first message, a template like ``envelope.template`` with ``"{tenant}"``,
+    ``"{role}"``, ``"{devices}"``, ``"{metrics}"``, ``"{groups}"`` and
+    ``"{filters}"``; unset, today's ``connected`` message; ``send_welcome =
+    false`` sends none.  ``status``: the body of ``status_path``, a template
+    with ``"{total_connections}"``, ``"{max_per_tenant}"``, ``"{per_tenant}"``
+    and ``"{kafka_state}"``; unset, the whole status.  ``sse_ids``: each SSE
+    event's id is the Kafka ``cursor`` (resumable) or a per-connection
+    ``counter``.
+    """
+
+    name: str
+    auth: Literal["jwt", "none"]
+    websocket_path: str | None = None
+    sse_path: str | None = None
+    status_path: str | None = None
+    status: dict[str, Any] | None = None
+    max_per_tenant: int = 10
+    sse_ids: Literal["cursor", "counter"] = "cursor"
+    send_welcome: bool = True
+    welcome: dict[str, Any] | None = None
+    source: StreamSource = msgspec.field(default_factory=StreamSource)
+    envelope: StreamEnvelope = msgspec.field(default_factory=StreamEnvelope)
+    filters: StreamFilters = msgspec.field(default_factory=StreamFilters)
+    actions: StreamActions = msgspec.field(default_factory=StreamActions)
+    keepalive: StreamKeepalive = msgspec.field(default_factory=StreamKeepalive)
+    identity: StreamIdentity = msgspec.field(default_factory=StreamIdentity)
+
+
 def _default_mappings() -> list[Mapping]:
     return [Mapping()]
 
@@ -359,6 +540,7 @@ class Config(_Section):
     devices: dict[str, dict[str, DeviceSpec]] = msgspec.field(default_factory=dict)
     mappings: list[Mapping] = msgspec.field(default_factory=list)
     commands: list[CommandMapping] = msgspec.field(default_factory=list)
+    streams: list[StreamEndpoint] = msgspec.field(default_factory=list)
 
 
 class ConfigError(Exception):

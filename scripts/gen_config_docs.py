@@ -87,6 +87,22 @@ EXAMPLES: dict[tuple[type, str], Any] = {
     (cfg.CommandMapping, "payload_field"): "payload",
     (cfg.CommandValue, "header"): "device_id",
     (cfg.CommandValue, "field"): "target.device",
+    (cfg.DeviceSpec, "groups"): ["building-a", "pumps"],
+    (cfg.StreamSource, "mapping"): "telemetry",
+    (cfg.StreamSource, "device"): cfg.Source(field="data.DEVICE_ID"),
+    (cfg.StreamSource, "ts"): cfg.TimeRule(field="ts"),
+    (cfg.StreamSource, "metrics_object"): "metrics",
+    (cfg.StreamSource, "group_id"): "dashboards",
+    (cfg.StreamEnvelope, "template"): {"type": "telemetry", "device_id": "{device}"},
+    (cfg.StreamKeepalive, "sse_interval_s"): 15.0,
+    (cfg.StreamIdentity, "tenant"): "plant-1",
+    (cfg.StreamEndpoint, "name"): "dashboard",
+    (cfg.StreamEndpoint, "auth"): "jwt",
+    (cfg.StreamEndpoint, "websocket_path"): "/api/v1/stream",
+    (cfg.StreamEndpoint, "sse_path"): "/api/v1/stream/sse",
+    (cfg.StreamEndpoint, "status_path"): "/api/v1/stream/status",
+    (cfg.StreamEndpoint, "status"): {"total_connections": "{total_connections}"},
+    (cfg.StreamEndpoint, "welcome"): {"type": "connected", "tenant_id": "{tenant}"},
 }
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -142,6 +158,8 @@ def type_name(t: mi.Type, anchors: dict[type, str]) -> str:
         return f"[{'inline table' if t.cls in INLINE else 'table'}](#{anchor})"
     if isinstance(t, mi.UnionType):
         return " or ".join(type_name(x, anchors) for x in t.types)
+    if isinstance(t, mi.AnyType):
+        return "any value"
     raise TypeError(f"no TOML description for {t!r}: extend type_name()")
 
 

@@ -19,7 +19,7 @@ means reading each partition from its offset on.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,16 +131,28 @@ def parse_record(value: bytes | None) -> ParsedRecord:
     The original bytes are kept (fields a newer ingest adds pass through); only
     whitespace is stripped when there is a line break in them.
     """
+    record = decode_clean(value)
+    assert value is not None
+    return ParsedRecord(record.tenant, record.device_serial_id, record.metric, compact_json(value))
+
+
+def decode_clean(value: bytes | None) -> CleanRecord:
+    """A clean record, or :class:`MalformedRecord` saying why it is not one."""
     if not value:
         raise MalformedRecord("empty value")
     try:
-        record = _record_decoder.decode(value)
+        return _record_decoder.decode(value)
     except msgspec.DecodeError as exc:
         raise MalformedRecord(str(exc)) from None
+
+
+def compact_json(value: bytes) -> bytes:
+    """Valid JSON bytes without line breaks (an SSE ``data:`` line cannot hold
+    one); re-formatted only when there is one."""
     raw = bytes(value)
     if b"\n" in raw or b"\r" in raw:
         raw = msgspec.json.format(raw, indent=-1)
-    return ParsedRecord(record.tenant, record.device_serial_id, record.metric, raw)
+    return raw
 
 
 class Envelope(msgspec.Struct):
@@ -192,6 +204,9 @@ class Filters:
     tenant: str | None
     devices: frozenset[str] | None = None
     metrics: frozenset[str] | None = None
+    #: Device groups (``[devices.<tenant>.<device>] groups``); a device passes
+    #: when it is in ``devices`` or in one of these groups.
+    groups: frozenset[str] | None = None
 
     def matches(self, tenant: str, device: str, metric: str) -> bool:
         return (
@@ -200,13 +215,34 @@ class Filters:
             and (self.metrics is None or metric in self.metrics)
         )
 
+    def selects(
+        self, tenant: str, device: str, metrics: Collection[str], groups: Collection[str] = ()
+    ) -> bool:
+        """:meth:`matches` for an event with several metrics (any requested one
+        will do) and a device in ``groups``."""
+        if self.tenant is not None and self.tenant != tenant:
+            return False
+        if self.devices is not None or self.groups is not None:
+            in_devices = self.devices is not None and device in self.devices
+            if not in_devices and (self.groups is None or self.groups.isdisjoint(groups)):
+                return False
+        return self.metrics is None or not self.metrics.isdisjoint(metrics)
+
     def describe(self) -> dict[str, Any]:
         """The filters as JSON data, lists sorted, for acknowledgements."""
-        return {
+        described = {
             "tenant": self.tenant,
             "devices": None if self.devices is None else sorted(self.devices),
             "metrics": None if self.metrics is None else sorted(self.metrics),
         }
+        if self.groups is not None:
+            described["groups"] = sorted(self.groups)
+        return described
+
+
+def bounded_names(values: Iterable[str], what: str) -> frozenset[str]:
+    """The distinct non-empty names, within the bounds on a filter."""
+    return _names(values, what)
 
 
 def _names(values: Iterable[str], what: str) -> frozenset[str]:

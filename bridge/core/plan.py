@@ -10,7 +10,8 @@ them in one go.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from bridge.config import (
     Config,
@@ -103,6 +104,8 @@ class Plan:
     registry: dict[str, dict[str, DeviceSpec]]
     allowed_metrics: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     commands: tuple[CommandPlan, ...] = ()
+    #: ``[[streams]]`` endpoints (bridge.core.stream_plan.EndpointPlan).
+    streams: tuple[Any, ...] = ()
 
 
 class PlanError(Exception):
@@ -375,8 +378,13 @@ def compile_config(loaded: LoadedConfig) -> Plan:
                             f"devices.{tenant}.{device}.metrics",
                             f"metric {metric!r} is not in the metric catalog",
                         )
-    if errors.lines:
-        raise PlanError(errors.lines)
-    return Plan(
+    whole = Plan(
         config, tuple(plans), dict(config.metrics), dict(config.devices), allowed, tuple(commands)
     )
+    if config.streams:
+        from bridge.core.stream_plan import compile_streams  # it builds on this module
+
+        whole = replace(whole, streams=compile_streams(whole, errors))
+    if errors.lines:
+        raise PlanError(errors.lines)
+    return whole
