@@ -89,6 +89,14 @@ class PayloadRules(_Section):
     """How a payload becomes records.  The defaults are the ``metrics`` object shape
     of ``tenant/{tenant}/device/{device}/telemetry``.
 
+    ``format`` is ``json``, or ``sparkplug_b`` for Sparkplug B protobuf payloads
+    (see the mapping's ``sparkplug`` table and docs/mappings.md): then tenant and
+    device come from the Sparkplug topic (segments ``group``, ``edge_node``,
+    ``sparkplug_device``, ``message_type``, ``tenant`` = the group, ``device`` =
+    ``<edge node>/<device>`` or the edge node), metric names and times from the
+    payload, and the JSON-only rules (fields, single, metrics_object,
+    device_field, schema_version_field, ts, event_id, quality) are not used.
+
     Metrics come from exactly one of: ``metrics_object`` (a path to an object of
     name -> value, the default ``metrics``), ``fields`` (declared metrics) or
     ``single`` (one reading per message).
@@ -98,6 +106,7 @@ class PayloadRules(_Section):
     null; without a schema version field every message is version 1.
     """
 
+    format: Literal["json", "sparkplug_b"] = "json"
     tenant: Source = msgspec.field(default_factory=lambda: Source(segment="tenant"))
     device: Source = msgspec.field(default_factory=lambda: Source(segment="device"))
     device_field: str | None = "device"
@@ -143,6 +152,20 @@ class DedupSettings(_Section):
     max_entries: int = 100_000
 
 
+class SparkplugSettings(_Section):
+    """For ``payload.format = "sparkplug_b"`` only.  ``events_topic`` gets a record
+    ``{"tenant", "device_serial_id", "event": "online"|"offline", "ts"}`` when an
+    edge node or device is born or dies.  With ``rebirth`` the bridge publishes an
+    NCMD ``Node Control/Rebirth`` to a node whose messages it cannot resolve (an
+    unknown alias, a seq gap, data before any birth), at most once per
+    ``rebirth_interval_s`` per node; the bridge's MQTT user needs the right to
+    publish to ``spBv1.0/<group>/NCMD/<edge node>``."""
+
+    events_topic: str = "telemetry.events"
+    rebirth: bool = False
+    rebirth_interval_s: float = 30.0
+
+
 class Mapping(_Section):
     """One MQTT topic family to Kafka."""
 
@@ -151,6 +174,7 @@ class Mapping(_Section):
     kafka: KafkaSide = msgspec.field(default_factory=KafkaSide)
     payload: PayloadRules = msgspec.field(default_factory=PayloadRules)
     dedup: DedupSettings | None = None
+    sparkplug: SparkplugSettings = msgspec.field(default_factory=SparkplugSettings)
 
 
 class MappingFile(_Section):

@@ -32,6 +32,8 @@ from bridge.core.dedup import Deduplicator
 from bridge.core.extract import MISSING, get_path
 from bridge.core.plan import MappingPlan, Plan
 from bridge.core.records import CleanRecord, DeadLetter, Headers, MetricType, Outgoing, Value
+from bridge.core.sparkplug_mapping import SparkplugMapper
+from bridge.core.sparkplug_state import SparkplugState
 from bridge.core.timestamps import TimestampError, format_ms
 from bridge.core.topics import segment_problem
 
@@ -113,7 +115,14 @@ def payload_text(payload: bytes) -> tuple[str, str]:
 class Normalizer:
     """Runs a :class:`Plan`; holds the little state rules need (dedup, alarms)."""
 
-    def __init__(self, plan: Plan, previous: Normalizer | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        previous: Normalizer | None = None,
+        sparkplug_state: SparkplugState | None = None,
+    ) -> None:
+        """``sparkplug_state`` (alias tables, sequence numbers) is shared by the
+        Normalizers of successive reloads: the daemon owns it and saves it."""
         self.plan = plan
         limits = plan.config.limits
         self.max_payload = limits.max_payload_bytes
@@ -136,6 +145,9 @@ class Normalizer:
         # plan; a reload builds a new Normalizer and so starts them empty.
         self._routes: dict[str, Route] = {}
         self._identities: dict[Identity, tuple[bytes, Headers]] = {}
+        self.sparkplug: SparkplugMapper | None = None
+        if any(m.sparkplug is not None for m in plan.mappings):
+            self.sparkplug = SparkplugMapper(self, sparkplug_state)
         if previous is not None:
             self._adopt(previous)
 
@@ -172,6 +184,10 @@ class Normalizer:
         if mapping is None:
             return Outcome(None)
         outcome = Outcome(mapping.name)
+        if mapping.sparkplug is not None:
+            assert self.sparkplug is not None
+            self.sparkplug.process(route, topic, payload, now, outcome, (qos, retain))
+            return outcome
         try:
             carried = self._carried(user_properties, outcome) if user_properties else []
             delivery = (qos, retain)
@@ -547,11 +563,16 @@ class Normalizer:
         refusal: Refusal,
         key: bytes,
         outcome: Outcome,
+        binary: bool = False,
     ) -> None:
+        """``binary``: the payload is not text (Sparkplug's protobuf), so it is
+        always written as base64, even when its bytes happen to be UTF-8."""
         # An oversized payload is not copied into the dead letter: that would make
         # the dead-letter record as large as what was refused.
         if refusal.reason == "payload_too_large":
             text, encoding = "", "utf-8"
+        elif binary:
+            text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
         else:
             text, encoding = payload_text(payload)
         letter = DeadLetter(

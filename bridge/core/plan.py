@@ -26,6 +26,7 @@ from bridge.config import (
 from bridge.core.coerce import Coercer, make_coercer
 from bridge.core.commands import CommandPlan, compile_command
 from bridge.core.extract import Getter, field_path, make_getter
+from bridge.core.sparkplug import NAMESPACE, SPARKPLUG_SEGMENTS
 from bridge.core.timestamps import Parser, TimestampError, make_parser
 from bridge.core.topics import Template, TopicFilter, TopicSyntaxError
 
@@ -58,6 +59,15 @@ class SingleMetric:
 
 
 @dataclass(frozen=True, slots=True)
+class SparkplugPlan:
+    """What a ``sparkplug_b`` mapping adds: where events go, and the least time
+    between two rebirth requests to a node (None: never ask)."""
+
+    events_topic: str
+    rebirth_interval_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class MappingPlan:
     """One mapping, compiled."""
 
@@ -85,6 +95,7 @@ class MappingPlan:
     single: SingleMetric | None
     dedup_window_ms: int | None
     dedup_max_entries: int
+    sparkplug: SparkplugPlan | None = None
 
     @property
     def subscription(self) -> str:
@@ -208,6 +219,10 @@ def compile_mapping(
         errors.add(path + ".mqtt.topic", str(exc))
         return None, errors.lines
     segments = topic_filter.names
+    sparkplug = None
+    if mapping.payload.format == "sparkplug_b":
+        sparkplug = _sparkplug(mapping, topic_filter, path, errors)
+        segments = tuple(dict.fromkeys((*segments, *SPARKPLUG_SEGMENTS)))
     if mapping.mqtt.shared_group is not None and not mapping.mqtt.shared_group.isidentifier():
         errors.add(path + ".mqtt.shared_group", "use letters, digits and underscores only")
     allowed = tuple(dict.fromkeys((*RESOLVED_NAMES, *segments)))
@@ -288,8 +303,32 @@ def compile_mapping(
         single=single,
         dedup_window_ms=int(mapping.dedup.window_s * 1000) if mapping.dedup else None,
         dedup_max_entries=mapping.dedup.max_entries if mapping.dedup else 0,
+        sparkplug=sparkplug,
     )
     return plan, []
+
+
+def _sparkplug(
+    mapping: Mapping, topic_filter: TopicFilter, path: str, errors: _Errors
+) -> SparkplugPlan:
+    """Check what a Sparkplug mapping cannot have, and compile what it adds."""
+    rules = mapping.payload
+    if topic_filter.levels[0] != NAMESPACE:
+        errors.add(path + ".mqtt.topic", f"a sparkplug_b mapping's filter starts with {NAMESPACE}/")
+    if rules.metrics_object is not None or rules.fields or rules.single is not None:
+        errors.add(
+            path + ".payload",
+            "a sparkplug_b payload names its own metrics: remove metrics_object, fields, single",
+        )
+    if mapping.dedup is not None:
+        errors.add(path + ".dedup", "Sparkplug B messages carry no event id to deduplicate by")
+    settings = mapping.sparkplug
+    if not settings.events_topic:
+        errors.add(path + ".sparkplug.events_topic", "empty Kafka topic name")
+    if settings.rebirth_interval_s <= 0:
+        errors.add(path + ".sparkplug.rebirth_interval_s", "must be positive")
+    interval = int(settings.rebirth_interval_s * 1000) if settings.rebirth else None
+    return SparkplugPlan(settings.events_topic, interval)
 
 
 def _check_dedup(mapping: Mapping, path: str, errors: _Errors) -> None:

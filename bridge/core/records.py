@@ -13,6 +13,7 @@ import msgspec
 
 MetricType = Literal["numeric", "bool", "str"]
 Value = int | float | bool | str
+EventKind = Literal["online", "offline"]
 
 
 class CleanRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -59,6 +60,16 @@ class AlarmRecord(msgspec.Struct, kw_only=True):
     kind: str
     ts: str
     state: Literal["raised", "cleared"]
+
+
+class DeviceEvent(msgspec.Struct, kw_only=True):
+    """A device or Sparkplug edge node going online (birth) or offline (death),
+    on the mapping's events topic."""
+
+    tenant: str
+    device_serial_id: str
+    event: EventKind
+    ts: str
 
 
 Headers = list[tuple[str, bytes]]
