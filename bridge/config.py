@@ -322,7 +322,12 @@ class AuthSettings(_Section):
 
 
 class SpoolSettings(_Section):
-    """The disk store-and-forward spool."""
+    """The disk store-and-forward spool.
+
+    ``required``: with ``false`` (the default) a spool that cannot be opened at
+    start (disk full, read-only, missing permissions) is logged as an error and
+    the bridge runs without it, sending records straight to Kafka and trying to
+    open it again with back-off; ``true`` refuses to start instead."""
 
     path: str = "/var/lib/edge-bridge/spool"
     max_bytes: int = 1 << 30
@@ -330,6 +335,7 @@ class SpoolSettings(_Section):
     fsync_interval_ms: int = 50
     when_full: Literal["backpressure", "drop_oldest"] = "backpressure"
     enabled: bool = True
+    required: bool = False
 
 
 class CommandValue(_Section):

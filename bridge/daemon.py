@@ -47,7 +47,7 @@ from bridge.io.embedded_broker import run_embedded_broker
 from bridge.io.http import ListenError, Request, Responder
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
-from bridge.io.spool import Spool, SpoolError, SpoolStats
+from bridge.io.spool import Spool, SpoolError, SpoolStats, describe
 from bridge.stats import IngestStats
 from bridge.store_forward import StoreAndForward
 from bridge.stream.service import StreamService, StreamSettingsError, run_stream
@@ -96,7 +96,7 @@ class Daemon:
         self.ingest = Ingest(self.normalizer, self.producer, self.stats)
         self.producer.after_reports = self.ingest.after_reports
         self.mqtt: MqttClient | None = None
-        self.spool: Spool | None = None
+        self.forwarder: StoreAndForward | None = None
         self.stream: StreamService | None = None
         self.commands: list[CommandForwarder] = []
         self._spool_snapshot: SpoolStats | None = None
@@ -113,6 +113,15 @@ class Daemon:
         return client
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            # Every task has stopped (worker threads included): nothing uses
+            # the spool any more.  Sync it and let go of its files and lock.
+            if self.forwarder is not None:
+                self.forwarder.close()
+
+    async def _run(self) -> None:
         config = self.config
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
@@ -166,23 +175,47 @@ class Daemon:
             log.warning("spool.disabled", hint="records wait in memory while Kafka is down")
             return
         path = spool_path(settings.path, dict(os.environ))
+        resolved = msgspec.structs.replace(settings, path=path)
+
+        def open_spool() -> Spool:
+            return Spool.from_settings(resolved)
+
+        spool: Spool | None = None
+        unavailable: str | None = None
         try:
-            spool = await trio.to_thread.run_sync(
-                lambda: Spool.from_settings(msgspec.structs.replace(settings, path=path))
+            spool = await trio.to_thread.run_sync(open_spool)
+        except ValueError as exc:
+            raise StartupError(f"spool: {exc}") from None
+        except (SpoolError, OSError) as exc:
+            if settings.required:
+                raise StartupError(
+                    f"cannot open the spool at {path}: {exc} (set spool.path to a writable "
+                    "directory, or spool.required = false to start without it)"
+                ) from None
+            unavailable = describe(exc) if isinstance(exc, OSError) else str(exc)
+            log.error(
+                "spool.unavailable",
+                path=path,
+                reason=unavailable,
+                hint="running WITHOUT the spool: records go straight to Kafka and nothing "
+                "holds them on disk while Kafka is away; retrying to open it with back-off "
+                "(spool.required = true refuses to start instead)",
             )
-        except (SpoolError, OSError, ValueError) as exc:
-            raise StartupError(
-                f"cannot open the spool at {path}: {exc} (set spool.path to a writable directory)"
-            ) from None
         forwarder = StoreAndForward(
-            spool, self.producer, self.stats, fsync_interval_s=settings.fsync_interval_ms / 1000
+            spool,
+            self.producer,
+            self.stats,
+            fsync_interval_s=settings.fsync_interval_ms / 1000,
+            open_spool=open_spool,
+            unavailable=unavailable,
         )
         forwarder.on_written = self._flush_acks
+        forwarder.on_release = self.ingest.take_back
         self.producer.on_state = lambda state: (
             forwarder.activate("Kafka is unreachable") if state == "down" else None
         )
         self.ingest.spool = forwarder
-        self.spool = spool
+        self.forwarder = forwarder
         nursery.start_soon(forwarder.run)
 
     def _flush_acks(self) -> None:
@@ -202,6 +235,8 @@ class Daemon:
 
     def _mount_operations(self, stream: StreamService) -> None:
         """/metrics, /healthz and /readyz on the stream server's routes."""
+        forwarder = self.forwarder
+
         registry = metrics.build_registry(
             metrics.Sources(
                 stats=self.stats,
@@ -210,6 +245,9 @@ class Daemon:
                 kafka_state=lambda: self.producer.state,
                 kafka_queue=lambda: len(self.producer),
                 spool=lambda: self._spool_snapshot,
+                spool_available=(
+                    None if forwarder is None else lambda: forwarder.unavailable is None
+                ),
                 stream=stream.status,
                 commands=lambda: {f.plan.mapping.name: f for f in self.commands},
             )
@@ -236,8 +274,8 @@ class Daemon:
     async def _refresh_spool_snapshot(self) -> None:
         """Spool.stats() takes the spool's lock, which an fsync may hold: read it
         in a worker thread, once per request, never on the loop."""
-        if self.spool is not None:
-            self._spool_snapshot = await trio.to_thread.run_sync(self.spool.stats)
+        spool = self.forwarder.spool if self.forwarder is not None else None
+        self._spool_snapshot = None if spool is None else await trio.to_thread.run_sync(spool.stats)
 
     def _health_state(self) -> health.HealthState:
         snapshot = self._spool_snapshot
@@ -246,7 +284,12 @@ class Daemon:
             stopping=self._stopping,
             mqtt_connected=self.mqtt is not None and self.mqtt.connected,
             kafka_state=self.producer.state,
-            spool=health.spool_state(self.config.spool, snapshot.bytes if snapshot else None),
+            spool=health.spool_state(
+                self.config.spool,
+                snapshot.bytes if snapshot else None,
+                self.forwarder.unavailable if self.forwarder is not None else None,
+            ),
+            spool_reason=self.forwarder.unavailable if self.forwarder is not None else None,
         )
 
     async def _signals(self, signals: Any, scope: trio.CancelScope) -> None:

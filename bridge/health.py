@@ -9,7 +9,13 @@ Two questions, two endpoints, because they trigger different actions:
 * ``/readyz`` asks whether the bridge does its job: MQTT connected (messages
   come in) and somewhere to put records (Kafka, or the spool while Kafka is
   away).  503 with the reasons otherwise, so a human or an orchestrator sees
-  *why* without reading logs.
+  *why* without reading logs.  A spool the disk refuses (full, read-only,
+  I/O errors) is one of those reasons while Kafka is down too
+  (``spool: unavailable: <reason>``); while Kafka takes records the bridge
+  still does its job, so the same line comes as a ``warnings`` entry of a 200
+  answer (a 503 would make an orchestrator take the dashboards' stream away
+  for a full disk).
+
 
 Kafka's state is the producer's own view (``connecting``, ``up``, ``down``).
 ``connecting`` counts as able to take records: librdkafka queues them, and it
@@ -28,7 +34,7 @@ from bridge.config import SpoolSettings
 
 JSON = "application/json"
 
-SpoolState = Literal["off", "accepting", "full"]
+SpoolState = Literal["off", "accepting", "full", "unavailable"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class HealthState:
     mqtt_connected: bool
     kafka_state: str
     spool: SpoolState
+    spool_reason: str | None = None
+    """Why the spool is ``unavailable`` (``No space left on device (ENOSPC)``)."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,19 @@ class Response:
     content_type: str = JSON
 
 
-def spool_state(settings: SpoolSettings, spool_bytes: int | None) -> SpoolState:
+def spool_state(
+    settings: SpoolSettings, spool_bytes: int | None, unavailable: str | None = None
+) -> SpoolState:
     """Whether the spool can take records.  ``spool_bytes`` None: no spool is
-    open.  Under ``drop_oldest`` it always can (it makes room); under
-    ``backpressure`` not once it holds ``max_bytes``."""
-    if spool_bytes is None or not settings.enabled:
+    open.  ``unavailable``: why the file system refuses it (full, read-only, I/O
+    errors), or why it could not be opened.  Under ``drop_oldest`` it can
+    otherwise always take records (it makes room); under ``backpressure`` not
+    once it holds ``max_bytes``."""
+    if not settings.enabled:
+        return "off"
+    if unavailable is not None:
+        return "unavailable"
+    if spool_bytes is None:
         return "off"
     if settings.when_full == "drop_oldest" or spool_bytes < settings.max_bytes:
         return "accepting"
@@ -81,7 +97,23 @@ def not_ready_reasons(state: HealthState) -> list[str]:
             reasons.append("kafka: unreachable, and no spool to hold records")
         elif state.spool == "full":
             reasons.append("kafka: unreachable, and the spool is full")
+        elif state.spool == "unavailable":
+            reasons.append("kafka: unreachable, and the spool cannot hold records")
+            reasons.append(spool_unavailable(state))
     return reasons
+
+
+def warnings(state: HealthState) -> list[str]:
+    """What is wrong without making the bridge unready: a spool the disk
+    refuses while Kafka takes records (ingest goes on; what is missing is the
+    protection against the next Kafka outage)."""
+    if state.spool == "unavailable" and state.kafka_state != "down":
+        return [spool_unavailable(state)]
+    return []
+
+
+def spool_unavailable(state: HealthState) -> str:
+    return f"spool: unavailable: {state.spool_reason or 'unknown reason'}"
 
 
 def _json(status: int, body: dict[str, object]) -> Response:
@@ -101,6 +133,8 @@ def readiness(state: HealthState) -> Response:
         "kafka": state.kafka_state,
         "spool": state.spool,
     }
+    if warned := warnings(state):
+        parts["warnings"] = warned
     reasons = not_ready_reasons(state)
     if reasons:
         return _json(503, {"status": "not_ready", "reasons": reasons, **parts})

@@ -12,8 +12,11 @@ or librdkafka's queue is full), the record goes to the disk spool
 it.  With the spool disabled, a failed record is produced again (an outage
 longer than the timeout costs duplicates, never loss) and QoS 0 messages that
 find the queue full are dropped and counted rather than stalling MQTT.  QoS 0
-records are dropped and counted the same way while a full spool refuses
-records: only QoS 1 messages can be held back at the broker.
+records are dropped and counted the same way while a full or unavailable spool
+refuses records: only QoS 1 messages can be held back at the broker.  A spool
+whose disk failed and that holds nothing more to drain is out of the way
+(``StoreAndForward.usable`` is false): records are handled as with the spool
+disabled until it can be written again.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from bridge.io.mqtt import MqttClient
 from bridge.io.mqtt_wire import InboundMessage
 from bridge.logs import SampledLog
 from bridge.stats import IngestStats
-from bridge.store_forward import StoreAndForward
+from bridge.store_forward import StoreAndForward, Waiter
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +128,7 @@ class Ingest:
 
     def _not_taken(self, record: Outgoing, pending: PendingMessage) -> None:
         """librdkafka's queue is full: spool, hold (QoS 1) or drop (QoS 0)."""
-        if self.spool is not None:
+        if self.spool is not None and self.spool.usable:
             self.spool.activate("the Kafka producer queue is full")
             self._spool(record, pending)
         elif pending.mid is not None:
@@ -134,15 +137,25 @@ class Ingest:
             self._drop_qos0(pending, "Kafka is slower than the QoS 0 inflow or down; use QoS 1")
 
     def _spool(self, record: Outgoing, pending: PendingMessage) -> None:
-        """Queue a record for the spool.  While a full spool refuses records, a
-        QoS 0 record is dropped and counted instead: no acknowledgement holds
-        QoS 0 messages back at the broker, so they would pile up in memory."""
+        """Queue a record for the spool.  While a full or unavailable spool
+        refuses records, a QoS 0 record is dropped and counted instead: no
+        acknowledgement holds QoS 0 messages back at the broker, so they would
+        pile up in memory."""
         assert self.spool is not None
         if pending.mid is None and self.spool.refusing:
-            self._drop_qos0(pending, "the spool is full; use QoS 1 to have the broker hold them")
+            self._drop_qos0(
+                pending, "the spool is full or unavailable; use QoS 1 to have the broker hold them"
+            )
             return
         self.spool.put(record, pending)
         self.stats.spooled += 1
+
+    def take_back(self, record: Outgoing, waiter: Waiter) -> None:
+        """A record held for a spool that became unavailable: to Kafka, as if it
+        had never been queued for the spool (see :mod:`bridge.store_forward`)."""
+        assert isinstance(waiter, PendingMessage)
+        if self._overflow or not self.producer.produce(record, waiter):
+            self._not_taken(record, waiter)
 
     def _drop_qos0(self, pending: PendingMessage, hint: str) -> None:
         self.stats.dropped_qos0 += 1
@@ -158,7 +171,7 @@ class Ingest:
             record = Outgoing(
                 message.topic(), message.key(), message.value(), message.headers() or []
             )
-            if self.spool is not None:
+            if self.spool is not None and self.spool.usable:
                 self.spool.activate(f"Kafka delivery failed: {error}")
                 self._spool(record, pending)
             elif not self.producer.produce(record, pending):

@@ -101,6 +101,11 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Appends refused by a full spool (when_full = backpressure); MQTT acks wait."),
     ("spool_corrupt_records", "counter", (),
      "Spool records skipped because their checksum did not match."),
+    ("spool_available", "gauge", (),
+     "1 while the spool can take records; 0 while its disk refuses (full, read-only, "
+     "I/O errors) or it could not be opened."),
+    ("spool_unavailable", "counter", (),
+     "Times the spool's disk started refusing it."),
     # stream
     ("stream_connections", "gauge", ("tenant", "kind"),
      "Open stream connections per tenant (* for admins watching all) and kind (websocket, sse)."),
@@ -185,6 +190,7 @@ class Sources:
     kafka_state: Callable[[], str] | None = None
     kafka_queue: Callable[[], int] | None = None
     spool: Callable[[], SpoolView | None] | None = None
+    spool_available: Callable[[], bool] | None = None
     stream: Callable[[], StreamView] | None = None
     commands: Callable[[], Mapping[str, CommandView]] | None = None
 
@@ -280,10 +286,14 @@ class BridgeCollector:
             yield _gauge("kafka_producer_queue_records", self.sources.kafka_queue())
 
     def _spool(self) -> Iterator[Metric]:
+        stats = self.sources.stats
+        if self.sources.spool_available is not None:
+            yield _gauge("spool_available", int(self.sources.spool_available()))
+            yield _counter("spool_unavailable", stats.spool_unavailable)
         snapshot = self.sources.spool() if self.sources.spool is not None else None
         if snapshot is None:
             return
-        stats = self.sources.stats
+
         yield _gauge("spool_bytes", snapshot.bytes)
         yield _gauge("spool_records", snapshot.records_pending)
         yield _counter("spool_appended_records", stats.spooled)

@@ -27,6 +27,7 @@ class IngestStats:
     spool_drained: int = 0  # spooled records delivered to Kafka
     spool_dropped: int = 0  # lost to when_full = drop_oldest
     spool_full_waits: int = 0  # appends refused under when_full = backpressure
+    spool_unavailable: int = 0  # times the file system refused the spool
     acked: int = 0
     pending_messages: int = 0
     # Kafka delivery latency histogram: upper bounds in seconds -> count.

@@ -41,6 +41,23 @@ The contract with the caller
   in the middle of an older segment (bad storage, not a crash) is found by
   ``read()``: it logs ``spool.corrupt_records`` with the count and continues with
   the next segment instead of getting stuck.
+* When the file system fails (full, read-only, I/O error, the directory
+  removed): ``append``, ``sync`` and ``probe`` raise :class:`SpoolUnavailable`
+  after rolling back to the last successful ``sync``: every record appended
+  since is forgotten (none was reported durable, so none was acknowledged), a
+  segment opened since is deleted, the active one truncated to its synced size.
+  A failed fsync is never retried into success: Linux reports a writeback error
+  once and may have dropped the pages, so the records it covered are written
+  again, not trusted.  Where the rollback itself fails (the truncate or unlink
+  is refused too), the unsynced sequence numbers are skipped, never reused, so
+  no leftover frame can stand in for a later record.  Reading needs no writes:
+  records synced before the failure stay readable and the drain goes on.  An
+  ``ack_through`` that cannot write the cursor keeps the position in memory (a
+  restart sends those records again) and still deletes delivered segments,
+  which is how a full disk gets room back.  A read that fails (EIO) raises
+  :class:`SpoolUnavailable` for the caller to retry; after ``READ_ATTEMPTS``
+  the segment is given up like a damaged one, and a segment file that vanished
+  is given up at once.
 
 Threads: every public method is blocking file I/O, meant to be called through
 ``trio.to_thread.run_sync``.  Calls are serialized by an internal lock, so the
@@ -79,6 +96,7 @@ draining, from /proc/self/io.)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -87,6 +105,7 @@ import struct
 import sys
 import threading
 import zlib
+from bisect import insort
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +133,7 @@ from bridge.core.spool_format import (
 
 __all__ = [
     "Appended",
+    "FileOps",
     "RecordTooLarge",
     "Spool",
     "SpoolEntry",
@@ -121,6 +141,7 @@ __all__ = [
     "SpoolFull",
     "SpoolLocked",
     "SpoolStats",
+    "SpoolUnavailable",
 ]
 
 log = structlog.get_logger(__name__)
@@ -130,10 +151,56 @@ _CURSOR = struct.Struct("<8sQI")
 _CURSOR_MAGIC = b"EBCURSOR"
 _SCAN_CHUNK = 1 << 20
 
-if sys.platform == "linux":
-    _datasync = os.fdatasync
-else:  # pragma: no cover - the daemon runs on Linux; fdatasync is missing on macOS
-    _datasync = os.fsync
+READ_ATTEMPTS = 5
+"""Failed reads (EIO) at one position before its segment is given up."""
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class FileOps:
+    """The file-system calls of the spool's write, sync and read paths.
+
+    One seam, so that tests can make a call fail the way a dying disk does (EIO
+    from ``fdatasync``, from a read), which a real file system cannot be asked
+    to do on cue.  Opening and recovery call :mod:`os` directly."""
+
+    def open(self, path: Path, flags: int) -> int:
+        return os.open(path, flags | os.O_CLOEXEC, 0o600)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        return os.write(fd, data)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return os.pread(fd, size, offset)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fdatasync(self, fd: int) -> None:
+        if sys.platform == "linux":
+            os.fdatasync(fd)
+        else:  # pragma: no cover - the daemon runs on Linux; macOS has no fdatasync
+            os.fsync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def truncate(self, path: Path, size: int) -> None:
+        os.truncate(path, size)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def replace(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+
+def describe(exc: OSError) -> str:
+    """``No space left on device (ENOSPC)``: a file-system error as the logs and
+    ``/readyz`` show it."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
 
 
 class SpoolError(Exception):
@@ -148,6 +215,24 @@ class SpoolFull(SpoolError):
 
 class SpoolLocked(SpoolError):
     """Another process has this spool directory open."""
+
+
+class SpoolUnavailable(SpoolError):
+    """The file system refused a write, a sync or a read (full, read-only, I/O
+    error, the directory gone).  Nothing appended since the last successful
+    sync is stored.  ``no_space``: ENOSPC or EDQUOT, a smaller batch may still
+    fit; ``gone``: the directory was removed or replaced, and only opening the
+    spool again (which creates it) can help."""
+
+    def __init__(self, reason: str, *, no_space: bool = False, gone: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.no_space = no_space
+        self.gone = gone
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> SpoolUnavailable:
+        return cls(describe(exc), no_space=exc.errno in _NO_SPACE, gone=exc.errno == errno.ENOENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +269,16 @@ class _Segment:
     deleted: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _SyncPoint:
+    """The active segment as the last successful sync left it: what a rollback
+    returns to."""
+
+    segment: _Segment
+    size: int
+    end_seq: int
+
+
 @dataclass(slots=True, eq=False)
 class _Reader:
     segment: _Segment
@@ -207,6 +302,7 @@ class Spool:
         max_bytes: int,
         segment_bytes: int,
         when_full: Literal["backpressure", "drop_oldest"],
+        fs: FileOps | None = None,
     ) -> None:
         if segment_bytes < HEADER_SIZE + FRAME_OVERHEAD + 64:
             raise ValueError(f"spool segment_bytes {segment_bytes} is too small")
@@ -229,6 +325,11 @@ class Spool:
         self._lost: list[tuple[int, int]] = []
         self._active: _Segment | None = None
         self._active_fd = -1
+        self._fs = fs or FileOps()
+        self._sync_point: _SyncPoint | None = None
+        self._created: list[_Segment] = []  # opened since the last successful sync
+        self._cursor_unsaved = False
+        self._read_failures = 0
 
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock_fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -284,6 +385,8 @@ class Spool:
         if last is not None and last.end_seq == self._next_seq and last.size < self._segment_bytes:
             self._active = last
             self._active_fd = os.open(last.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._sync_point = _SyncPoint(last, last.size, last.end_seq)
+
         self._read_seq = self._first_undelivered()
         log.info(
             "spool.opened",
@@ -361,9 +464,11 @@ class Spool:
     def append(self, records: Sequence[Outgoing]) -> Appended:
         """Store a batch (not yet durable: see :meth:`sync`).
 
-        Raises :class:`SpoolFull` (backpressure policy, or disk full) and
-        :class:`RecordTooLarge` (a record bigger than a segment); in both cases
-        nothing of the batch is acknowledged-safe.
+        Raises :class:`SpoolFull` (backpressure policy), :class:`RecordTooLarge`
+        (a record bigger than a segment), both before anything is written, and
+        :class:`SpoolUnavailable` (the file system refused; everything since the
+        last sync is rolled back).  In every case nothing of the batch is
+        acknowledged-safe.
         """
         with self._lock:
             frames = [encode_frame(seq, r) for seq, r in enumerate(records, self._next_seq)]
@@ -375,23 +480,30 @@ class Spool:
                     )
             if self._when_full == "backpressure":
                 self._check_room([len(f) for f in frames])
-            dropped = 0
-            run: list[bytes] = []
-            run_bytes = 0
-            for frame in frames:
-                used = self._active.size + run_bytes if self._active is not None else -1
-                if needs_new_segment(used, len(frame), self._segment_bytes):
-                    self._write(run)
-                    run, run_bytes = [], 0
-                    self._open_segment()
-                if self._when_full == "drop_oldest":
-                    while self._bytes_total() + run_bytes + len(frame) > self._max_bytes:
-                        dropped += self._drop_oldest()
-                run.append(frame)
-                run_bytes += len(frame)
-            self._write(run)
+            try:
+                dropped = self._append_frames(frames)
+            except OSError as exc:
+                raise self._fail(exc) from exc
             self._dropped_total += dropped
             return Appended(self._next_seq - 1, dropped)
+
+    def _append_frames(self, frames: list[bytes]) -> int:
+        dropped = 0
+        run: list[bytes] = []
+        run_bytes = 0
+        for frame in frames:
+            used = self._active.size + run_bytes if self._active is not None else -1
+            if needs_new_segment(used, len(frame), self._segment_bytes):
+                self._write(run)
+                run, run_bytes = [], 0
+                self._open_segment()
+            if self._when_full == "drop_oldest":
+                while self._bytes_total() + run_bytes + len(frame) > self._max_bytes:
+                    dropped += self._drop_oldest()
+            run.append(frame)
+            run_bytes += len(frame)
+        self._write(run)
+        return dropped
 
     def _check_room(self, sizes: list[int]) -> None:
         used = self._active.size if self._active is not None else -1
@@ -407,15 +519,9 @@ class Spool:
         active = self._active
         assert active is not None, "a segment is opened before the first frame"
         data = memoryview(b"".join(frames))
-        try:
-            written = 0
-            while written < len(data):
-                written += os.write(self._active_fd, data[written:])
-        except OSError as exc:
-            os.ftruncate(self._active_fd, active.size)  # no half frame left behind
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise SpoolFull(f"spool {self._dir}: file system full") from exc
-            raise
+        written = 0
+        while written < len(data):
+            written += self._fs.write(self._active_fd, data[written:])
         active.size += len(data)
         active.end_seq += len(frames)
         self._next_seq += len(frames)
@@ -424,17 +530,25 @@ class Spool:
         """Seal the active segment (fsync, so only the newest can be torn) and
         start a new one at the next sequence number."""
         if self._active is not None:
-            os.fsync(self._active_fd)
+            self._fs.fsync(self._active_fd)
             self._active.durable = self._active.size
-            os.close(self._active_fd)
-            self._active, self._active_fd = None, -1
+            self._close_active()
         path = _segment_path(self._dir, self._next_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        os.write(fd, SEGMENT_HEADER)
+        # No segment of the spool has this name (a segment is opened only after
+        # the active one holds a record); a file there is the leftover of a
+        # rollback whose unlink failed, and is overwritten.
+        assert all(s.path != path for s in self._segments), path
+        fd = self._fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
         segment = _Segment(self._next_seq, path, HEADER_SIZE, HEADER_SIZE, self._next_seq)
         self._segments.append(segment)
+        self._created.append(segment)
         self._active, self._active_fd = segment, fd
         self._dir_dirty = True
+        self._fs.write(fd, SEGMENT_HEADER)  # registered first: a failure rolls it back
+
+    def _close_active(self) -> None:
+        fd, self._active, self._active_fd = self._active_fd, None, -1
+        _close_quietly(fd)
 
     def _drop_oldest(self) -> int:
         """Delete the oldest sealed segment; return its undelivered record count."""
@@ -447,45 +561,137 @@ class Spool:
 
     def sync(self) -> int:
         """Make every appended record durable; return the highest durable sequence
-        number (0 when nothing was ever appended)."""
+        number (0 when nothing was ever appended).  Raises
+        :class:`SpoolUnavailable` (and rolls back) when the sync fails or the
+        directory is gone."""
         with self._lock:
-            if self._active is not None and self._active.durable < self._active.size:
-                _datasync(self._active_fd)
-                self._active.durable = self._active.size
-            if self._dir_dirty:
-                os.fsync(self._dir_fd)
-                self._dir_dirty = False
+            active = self._active
+            try:
+                self._check_directory()
+                if active is not None and active.durable < active.size:
+                    self._fs.fdatasync(self._active_fd)
+                if self._dir_dirty:
+                    self._fs.fsync(self._dir_fd)
+            except OSError as exc:
+                raise self._fail(exc) from exc
+            if active is not None:
+                active.durable = active.size
+                self._sync_point = _SyncPoint(active, active.size, active.end_seq)
+            else:
+                self._sync_point = None
+            self._created = []
+            self._dir_dirty = False
             self._durable_seq = self._next_seq - 1
             return self._durable_seq
+
+    def probe(self) -> None:
+        """Whether the spool can be written again: the directory in place, the
+        cursor written and synced.  Raises :class:`SpoolUnavailable`."""
+        with self._lock:
+            try:
+                self._check_directory()
+                self._write_cursor()
+            except OSError as exc:
+                raise self._fail(exc) from exc
+            self._cursor_unsaved = False
+
+    def _check_directory(self) -> None:
+        """The spool's directory is still the one opened: not removed, not
+        replaced.  Files in a removed directory take writes and fsyncs, but
+        nothing would find them again: that must not count as stored."""
+        opened = os.fstat(self._dir_fd)
+        try:
+            now = os.stat(self._dir)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            gone = "the spool directory was removed or replaced"
+            raise OSError(errno.ENOENT, gone, str(self._dir))
+
+    def _fail(self, exc: OSError) -> SpoolUnavailable:
+        self._rollback()
+        return SpoolUnavailable.from_os_error(exc)
+
+    def _rollback(self) -> None:
+        """Forget every record appended since the last successful sync (see the
+        module docstring).  Their sequence numbers become a gap, never reused:
+        a truncate or unlink the failing disk refuses too, or one a power cut
+        undoes, may leave their frames in a file, and a reused number would
+        then make a later record look like one already delivered."""
+        for segment in reversed(self._created):
+            if segment is self._active:
+                self._close_active()
+            if not segment.deleted:
+                segment.deleted = True
+                self._segments.remove(segment)
+            self._unlink(segment.path)
+        self._created = []
+        point = self._sync_point
+        if point is not None and not point.segment.deleted and point.segment.size > point.size:
+            segment = point.segment
+            try:  # fewer bytes to read again after a restart; no correctness rests on it
+                if segment is self._active:
+                    self._fs.ftruncate(self._active_fd, point.size)
+                else:
+                    self._fs.truncate(segment.path, point.size)
+            except OSError:
+                pass
+            segment.size = segment.durable = point.size
+            segment.end_seq = point.end_seq
+        self._dir_dirty = True
+        first_unsynced = self._durable_seq + 1
+        if self._next_seq > first_unsynced:
+            if self._active is not None:
+                self._close_active()  # its next frame would not follow its last one
+            insort(self._lost, (first_unsynced, self._next_seq))
+            self._advance_acked(self._acked)
 
     # ------------------------------------------------------------------ draining
     def read(self, max_records: int = 1000, max_bytes: int = 1 << 20) -> list[SpoolEntry]:
         """The next durable records in append order, up to ``max_records`` or about
         ``max_bytes`` of frames; empty when nothing is waiting.  Each call continues
-        where the previous one stopped."""
+        where the previous one stopped.  A failed read raises
+        :class:`SpoolUnavailable` (what was read before it is returned first)."""
         with self._lock:
             out: list[SpoolEntry] = []
             budget = max_bytes
             need = 0
-            while len(out) < max_records and budget > 0:
-                reader = self._position_reader()
+            # Never past the last successful sync: a rollback may reuse those numbers.
+            while len(out) < max_records and budget > 0 and self._read_seq <= self._durable_seq:
+                try:
+                    reader = self._position_reader()
+                except OSError as exc:
+                    if out:
+                        return out
+                    raise SpoolUnavailable.from_os_error(exc) from exc
                 if reader is None:
                     break
                 segment = reader.segment
                 if reader.offset >= segment.durable:
                     if segment is self._active:
                         break  # caught up with what is durable
-                    if reader.seq < segment.end_seq:  # shorter than its neighbour says
-                        self._skip_corrupt(reader, "segment ends early")
+                    if reader.seq < segment.end_seq:
+                        self._skip_gap(segment, reader.seq)
                     self._leave_segment()
                     continue
-                chunk = os.pread(
-                    reader.fd,
-                    min(segment.durable - reader.offset, max(budget, need)),
-                    reader.offset,
-                )
+                try:
+                    chunk = self._fs.pread(
+                        reader.fd,
+                        min(segment.durable - reader.offset, max(budget, need)),
+                        reader.offset,
+                    )
+                except OSError as exc:
+                    if self._gave_up(exc):
+                        first = max(reader.seq, self._read_seq)
+                        self._skip_corrupt(segment, reader.offset, first, describe(exc))
+                        continue
+                    if out:
+                        return out
+                    raise SpoolUnavailable.from_os_error(exc) from exc
+                self._read_failures = 0
                 skip = self._read_seq - reader.seq
-                decoded = decode_frames(chunk, reader.seq, max_records - len(out) + skip)
+                wanted = min(max_records - len(out), self._durable_seq + 1 - self._read_seq)
+                decoded = decode_frames(chunk, reader.seq, wanted + skip)
                 out.extend(decoded.entries[skip:])
                 if out:
                     self._read_high = max(self._read_high, out[-1].seq)
@@ -497,52 +703,104 @@ class Spool:
                 if decoded.stop in CORRUPT or (
                     decoded.stop is Stop.INCOMPLETE and reader.offset + need > segment.durable
                 ):
-                    self._skip_corrupt(reader, decoded.stop.value)
+                    self._skip_corrupt(segment, reader.offset, reader.seq, decoded.stop.value)
             return out
 
     def _position_reader(self) -> _Reader | None:
-        """The reader at the segment holding ``_read_seq`` (None: nothing to read)."""
+        """The reader at the segment holding ``_read_seq``, or the first one after
+        it across a gap (None: nothing to read)."""
         if self._reader is not None and not self._reader.segment.deleted:
             return self._reader
         self._leave_segment()
-        self._read_seq = max(self._read_seq, self._segments[0].first_seq if self._segments else 0)
         for segment in self._segments:
-            if segment.first_seq <= self._read_seq < segment.end_seq:
-                fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
-                # Start at the first frame; frames before _read_seq are skipped.
-                self._reader = _Reader(segment, fd, HEADER_SIZE, segment.first_seq)
-                return self._reader
+            if segment.end_seq <= self._read_seq:
+                continue
+            self._read_seq = max(self._read_seq, segment.first_seq)
+            if self._read_seq > self._durable_seq:
+                return None  # across a gap, nothing synced yet
+            try:
+                fd = self._fs.open(segment.path, os.O_RDONLY)
+            except OSError as exc:
+                # A file removed behind the spool's back cannot come back: given
+                # up at once.  Another error is retried by the caller a few times.
+                missing = isinstance(exc, FileNotFoundError)
+                if not missing and not self._gave_up(exc):
+                    raise
+                reason = "segment file missing" if missing else describe(exc)
+                self._skip_corrupt(segment, 0, self._read_seq, reason)
+                continue
+            # Start at the first frame; frames before _read_seq are skipped.
+            self._reader = _Reader(segment, fd, HEADER_SIZE, segment.first_seq)
+            return self._reader
         return None
+
+    def _gave_up(self, exc: OSError) -> bool:
+        """Count a failed read of the current position; True once it failed
+        ``READ_ATTEMPTS`` times in a row (the caller then skips the segment)."""
+        self._read_failures += 1
+        log.warning("spool.read_failed", error=describe(exc), attempt=self._read_failures)
+        if self._read_failures < READ_ATTEMPTS:
+            return False
+        self._read_failures = 0
+        return True
 
     def _leave_segment(self) -> None:
         if self._reader is not None:
-            os.close(self._reader.fd)
+            _close_quietly(self._reader.fd)
             self._read_seq = max(self._read_seq, self._reader.segment.end_seq)
             self._reader = None
 
-    def _skip_corrupt(self, reader: _Reader, reason: str) -> None:
-        """Give up on the rest of the reader's segment: a damaged frame cannot be
-        stepped over (its length is not trusted), and getting stuck on it would
+    def _skip_corrupt(self, segment: _Segment, offset: int, seq: int, reason: str) -> None:
+        """Give up on the rest of a segment from ``seq`` on: a damaged frame cannot
+        be stepped over (its length is not trusted), and getting stuck on it would
         stop the whole drain.  The lost range counts as delivered once everything
         before it is, so that ``records_pending`` can reach zero."""
-        segment = reader.segment
-        lost = segment.end_seq - reader.seq
+        lost = self._skip_end(segment)[0] - seq
         log.error(
             "spool.corrupt_records",
             segment=segment.path.name,
-            offset=reader.offset,
+            offset=offset,
             reason=reason,
             records_lost=lost,
         )
         self._corrupt_total += lost
-        self._lost.append((reader.seq, segment.end_seq))
-        reader.offset, reader.seq = segment.size, segment.end_seq
-        self._read_seq = max(self._read_seq, segment.end_seq)
+        self._give_up(segment, seq)
+
+    def _skip_gap(self, segment: _Segment, seq: int) -> None:
+        """A sealed segment ends, on a whole frame, before the number the next
+        segment starts at.  A rollback leaves this (its records were never
+        synced, so never acknowledged); so would a file cut short by hand."""
+        log.warning(
+            "spool.sequence_gap",
+            segment=segment.path.name,
+            records=segment.end_seq - seq,
+            hint="records rolled back after a failed write, never acknowledged",
+        )
+        self._give_up(segment, seq)
+
+    def _give_up(self, segment: _Segment, seq: int) -> None:
+        """Move past the rest of ``segment`` from ``seq`` on; those numbers count
+        as delivered once everything before them is."""
+        end, offset = self._skip_end(segment)
+        if seq < end:
+            insort(self._lost, (seq, end))
+        if self._reader is not None and self._reader.segment is segment:
+            self._reader.offset, self._reader.seq = offset, end
+        self._read_seq = max(self._read_seq, end)
         self._advance_acked(self._acked)
+
+    def _skip_end(self, segment: _Segment) -> tuple[int, int]:
+        """Where giving up on ``segment`` ends: sequence number and byte offset.
+        In the active segment only what is synced: records appended after it are
+        not the reader's to give up."""
+        if segment is self._active:
+            return self._durable_seq + 1, segment.durable
+        return segment.end_seq, segment.size
 
     def ack_through(self, seq: int) -> None:
         """Every record up to ``seq`` is acknowledged by Kafka: persist the cursor and
-        delete the segments that are fully delivered."""
+        delete the segments that are fully delivered.  Never raises for the file
+        system: an unsaved cursor means duplicates after a restart, no more."""
         with self._lock:
             if seq > self._read_high:
                 raise ValueError(f"ack_through({seq}) beyond what was read ({self._read_high})")
@@ -554,31 +812,57 @@ class Spool:
             acked = max(acked, self._lost.pop(0)[1] - 1)
         if acked > self._acked:
             self._acked = acked
-            self._write_cursor()
+            self._save_cursor()
             self._delete_delivered()
+            if self._cursor_unsaved:
+                self._save_cursor()  # the deletes may have made room for it
+
+    def _save_cursor(self) -> None:
+        try:
+            self._write_cursor()
+        except OSError as exc:
+            if not self._cursor_unsaved:
+                log.warning(
+                    "spool.cursor_not_saved",
+                    error=describe(exc),
+                    hint="kept in memory; after a restart delivered records are sent again",
+                )
+            self._cursor_unsaved = True
+        else:
+            self._cursor_unsaved = False
 
     def _write_cursor(self) -> None:
         body = _CURSOR_MAGIC + struct.pack("<Q", self._acked)
         tmp = self._dir / "cursor.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = self._fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
-            os.write(fd, body + struct.pack("<I", zlib.crc32(body)))
-            os.fsync(fd)
+            self._fs.write(fd, body + struct.pack("<I", zlib.crc32(body)))
+            self._fs.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, self._dir / "cursor")
+            _close_quietly(fd)
+        self._fs.replace(tmp, self._dir / "cursor")
 
     def _delete_delivered(self) -> None:
         while self._segments and self._segments[0].end_seq - 1 <= self._acked:
             self._remove(self._segments[0])
 
     def _remove(self, segment: _Segment) -> None:
+        """Forget a segment and delete its file.  A delete the file system refuses
+        (read-only) is logged: the cursor covers a delivered segment at the next
+        start, and a dropped one comes back as records sent again."""
         if segment is self._active:
-            os.close(self._active_fd)
-            self._active, self._active_fd = None, -1
+            self._close_active()
         segment.deleted = True
         self._segments.remove(segment)
-        segment.path.unlink()
+        self._unlink(segment.path)
+
+    def _unlink(self, path: Path) -> None:
+        try:
+            self._fs.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("spool.delete_failed", file=path.name, error=describe(exc))
 
     # ------------------------------------------------------------------ status
     def _bytes_total(self) -> int:
@@ -600,22 +884,25 @@ class Spool:
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
-        """Sync what was appended, then release the files and the lock.  Idempotent."""
+        """Sync what was appended, then release the files and the lock.  Idempotent.
+        A sync that fails is logged: what it covered was never acknowledged."""
         if self._lock_fd < 0:
             return
-        self.sync()
+        try:
+            self.sync()
+        except SpoolUnavailable as exc:
+            log.warning("spool.closed_unsynced", path=str(self._dir), reason=exc.reason)
         with self._lock:
             self._close_fds()
 
     def _close_fds(self) -> None:
         if self._reader is not None:
-            os.close(self._reader.fd)
+            _close_quietly(self._reader.fd)
             self._reader = None
         if self._active_fd >= 0:
-            os.close(self._active_fd)
-            self._active_fd = -1
-        os.close(self._dir_fd)
-        os.close(self._lock_fd)
+            self._close_active()
+        _close_quietly(self._dir_fd)
+        _close_quietly(self._lock_fd)
         self._dir_fd = self._lock_fd = -1
 
     def __enter__(self) -> Spool:
@@ -628,3 +915,10 @@ class Spool:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _close_quietly(fd: int) -> None:
+    """Close a descriptor; an error from close (a late EIO) changes nothing here:
+    what counts as stored was decided by the sync before."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
