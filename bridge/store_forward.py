@@ -120,6 +120,8 @@ class StoreAndForward:
         self.stats = stats
         self.fsync_interval_s = fsync_interval_s
         self.open_spool = open_spool
+        # The recovery task's back-off, from min doubling to max (tests shorten it).
+        self.retry_s = (RETRY_MIN_S, RETRY_MAX_S)
         pending = spool.stats().records_pending if spool is not None else 0
         self.active = pending > 0
         self._queue: list[Held] = []
@@ -327,13 +329,14 @@ class StoreAndForward:
         """While the spool is unavailable: probe it (or open it) with back-off.
         The back-off keeps growing across short recoveries, so a disk that is
         just full enough to fail every append is not probed in a tight loop."""
-        delay = RETRY_MIN_S
+        shortest, longest = self.retry_s
+        delay = shortest
         while True:
             await self._broken.wait()
-            if trio.current_time() - self._available_since > RETRY_MAX_S:
-                delay = RETRY_MIN_S
+            if trio.current_time() - self._available_since > longest:
+                delay = shortest
             await trio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_S)
+            delay = min(delay * 2, longest)
             if await self._recover():
                 self._mark_available()
 

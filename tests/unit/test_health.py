@@ -87,3 +87,36 @@ def test_spool_state_follows_the_full_policy() -> None:
     drop_oldest = SpoolSettings(max_bytes=1000, when_full="drop_oldest")
     assert spool_state(drop_oldest, 5000) == "accepting"
     assert spool_state(SpoolSettings(enabled=False), 0) == "off"
+
+
+def test_an_unavailable_spool_warns_while_kafka_takes_records() -> None:
+    state = dataclasses.replace(
+        RUNNING, spool="unavailable", spool_reason="No space left on device (ENOSPC)"
+    )
+    response = readiness(state)
+    assert response.status == 200
+    body = decoded(response)
+    assert body["spool"] == "unavailable"
+    assert body["warnings"] == ["spool: unavailable: No space left on device (ENOSPC)"]
+
+
+def test_an_unavailable_spool_is_a_reason_once_kafka_is_down() -> None:
+    state = dataclasses.replace(
+        RUNNING,
+        kafka_state="down",
+        spool="unavailable",
+        spool_reason="Read-only file system (EROFS)",
+    )
+    response = readiness(state)
+    assert response.status == 503
+    assert decoded(response)["reasons"] == [
+        "kafka: unreachable, and the spool cannot hold records",
+        "spool: unavailable: Read-only file system (EROFS)",
+    ]
+
+
+def test_spool_state_says_unavailable_whatever_it_holds() -> None:
+    settings = SpoolSettings(max_bytes=1000)
+    assert spool_state(settings, None, "Input/output error (EIO)") == "unavailable"
+    assert spool_state(settings, 10, "Input/output error (EIO)") == "unavailable"
+    assert spool_state(SpoolSettings(enabled=False), None, "EIO") == "off"

@@ -225,3 +225,16 @@ def test_every_family_is_documented() -> None:
     text = (REPO / "docs" / "architecture.md").read_text()
     missing = [f.exposed for f in FAMILIES.values() if f"`{f.exposed}`" not in text]
     assert not missing, f"add these to the metrics table of docs/architecture.md: {missing}"
+
+
+def test_spool_availability_is_exported_even_when_the_spool_never_opened() -> None:
+    stats = IngestStats(spool_unavailable=2)
+    available = False
+    sources = mqtt_sources(stats, spool=lambda: None, spool_available=lambda: available)
+    samples, _ = scrape(sources)
+    assert value(samples, "edge_bridge_spool_available") == 0
+    assert value(samples, "edge_bridge_spool_unavailable_total") == 2
+    assert ("edge_bridge_spool_bytes", ()) not in samples  # nothing open to measure
+    available = True
+    samples, _ = scrape(sources)
+    assert value(samples, "edge_bridge_spool_available") == 1
