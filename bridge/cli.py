@@ -18,8 +18,8 @@ import trio
 
 from bridge.config import Config, ConfigError, LoadedConfig, apply_overrides, load_config
 from bridge.config_watch import DEFAULT_INTERVAL_S, Watch
-from bridge.core.normalize import Normalizer, Now
 from bridge.core.plan import Plan, PlanError, compile_config
+from bridge.core.trial import try_message
 from bridge.io.http import ListenError, parse_listen
 from bridge.io.mqtt import parse_mqtt_url
 from bridge.logs import configure
@@ -86,27 +86,13 @@ def _try_mapping(path: str, topic: str, payload_text: str | None) -> int:
         _print_errors(exc.errors)
         return EXIT_CONFIG
     payload = payload_text.encode() if payload_text is not None else sys.stdin.buffer.read()
-    outcome = Normalizer(plan).process(topic, payload, Now(time.time_ns() // 1_000_000))
-    if outcome.mapping is None:
+    trial = try_message(plan, topic, payload, time.time_ns() // 1_000_000)
+    if trial.mapping is None:
         print(f"no mapping matches topic {topic!r}", file=sys.stderr)
         return 1
-    out = []
-    for record in outcome.records:
-        try:
-            value: object = msgspec.json.decode(record.value)
-        except msgspec.DecodeError:
-            value = record.value.decode("utf-8", "replace")
-        out.append(
-            {
-                "topic": record.topic,
-                "key": record.key.decode() if record.key else None,
-                "headers": {k: v.decode("utf-8", "replace") for k, v in record.headers},
-                "value": value,
-            }
-        )
-    result = {"mapping": outcome.mapping, "duplicate": outcome.duplicate, "records": out}
+    result = {"mapping": trial.mapping, "duplicate": trial.duplicate, "records": trial.records}
     print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
-    return 0 if not outcome.dead else 1
+    return 0 if not trial.dead_letters else 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -321,6 +321,25 @@ class AuthSettings(_Section):
     issuer: str | None = None
 
 
+class HealthSettings(_Section):
+    """Health judged by progress, not only by connection state.  Past
+    ``stalled_after_s`` seconds with records waiting and no Kafka
+    acknowledgement, or with a spooled record that old, ``/readyz`` answers 503
+    with a ``stalled`` reason; 0 turns the check off."""
+
+    stalled_after_s: float = 300.0
+
+
+class ConsoleSettings(_Section):
+    """The console page at ``/`` and its JSON endpoints (docs/console.md).
+    ``first_run_link``: with no auth key configured and a loopback listen
+    address, ``edge-bridge run`` keeps a random secret in its state directory
+    and prints a sign-in link (docs/security.md)."""
+
+    enabled: bool = True
+    first_run_link: bool = True
+
+
 class SpoolSettings(_Section):
     """The disk store-and-forward spool.
 
@@ -565,6 +584,8 @@ class Config(_Section):
     stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     spool: SpoolSettings = msgspec.field(default_factory=SpoolSettings)
+    health: HealthSettings = msgspec.field(default_factory=HealthSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
     alarms_topic: str = "telemetry.alarms"
     metrics: dict[str, MetricSpec] = msgspec.field(default_factory=dict)
     devices: dict[str, dict[str, DeviceSpec]] = msgspec.field(default_factory=dict)

@@ -9,7 +9,8 @@ Wiring, in start order:
 3. the Kafka producer's delivery-report task, and the disk spool with its
    writer and drain tasks (:mod:`bridge.store_forward`);
 4. the listen address: WebSocket and SSE stream, status, ``/metrics``,
-   ``/healthz`` and ``/readyz`` (503 until the next step is done);
+   ``/healthz`` and ``/readyz`` (503 until the next step is done), the console
+   page and its endpoints (:mod:`bridge.console`), and the progress sampler;
 5. the MQTT client, which feeds :class:`bridge.ingest.Ingest`;
 6. the Kafka-to-MQTT command forwarders;
 7. with ``--watch-config``, the task that reloads when a config file changes
@@ -27,7 +28,9 @@ import gc
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -39,6 +42,10 @@ from bridge.auth import AuthConfigError
 from bridge.commands import CommandForwarder
 from bridge.config import Config, ConfigError, SpoolSettings, redacted
 from bridge.config_watch import Watch, watch_config
+from bridge.console import first_run
+from bridge.console.api import Console, ConsoleSources, HealthInputs
+from bridge.console.deadletters import DeadLetterFeed, dead_letter_topics
+from bridge.console.progress import Counters, ProgressTracker, stalled_reasons
 from bridge.core.normalize import Normalizer
 from bridge.core.plan import Plan, PlanError
 from bridge.ingest import Ingest
@@ -50,6 +57,7 @@ from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
 from bridge.io.spool import Spool, SpoolError, SpoolStats, describe
 from bridge.stats import IngestStats
 from bridge.store_forward import StoreAndForward
+from bridge.stream.consumer import KafkaSource
 from bridge.stream.service import StreamService, StreamSettingsError, run_stream
 
 log = structlog.get_logger(__name__)
@@ -58,6 +66,8 @@ DEFAULT_LOCAL_BROKERS = {("127.0.0.1", 1883), ("localhost", 1883)}
 SHUTDOWN_DEADLINE_S = 10.0
 #: Allocations between two youngest-generation collections (Python's default: 700).
 GC_YOUNG_THRESHOLD = 10_000
+#: How often the progress tracker samples the counters (its precision).
+PROGRESS_SAMPLE_S = 1.0
 
 
 # Reads and compiles the config again (SIGHUP); raises ConfigError or PlanError.
@@ -105,6 +115,11 @@ class Daemon:
         # Called with the new config after a successful reload (the stream
         # server takes its connection limits and JWT keys from here).
         self.reload_hooks: list[Callable[[Config], None]] = []
+        self.tracker = ProgressTracker()
+        self.console: Console | None = None
+        self._dead_letter_source: KafkaSource | None = None
+        # The first run's own HMAC secret (bridge.console.first_run), if any.
+        self.console_secret: str | None = None
 
     def _mqtt_client(self, mqtt_settings: Any) -> MqttClient:
         subscriptions = [(m.subscription, m.qos) for m in self.plan.mappings]
@@ -144,6 +159,7 @@ class Daemon:
                 nursery.start_soon(self.producer.run)
                 await self._start_spool(nursery)
                 self.mqtt = self._mqtt_client(mqtt_settings)
+                self._first_run_secret()
                 # The listen address first: /readyz answers 503 while MQTT connects.
                 await self._start_stream(nursery)
                 await nursery.start(self.mqtt.run)
@@ -232,6 +248,82 @@ class Daemon:
             self.ingest.local_feed = self.stream.feed_local
             self.ingest.local_topics = frozenset(self.config.stream.topics)
         self._mount_operations(self.stream)
+        self._mount_console(nursery, self.stream)
+        nursery.start_soon(self._sample_progress)
+
+    def _first_run_secret(self) -> None:
+        """No key configured and a loopback address: use this machine's own
+        secret, so the printed sign-in link works (bridge.console.first_run)."""
+        if not first_run.eligible(self.config, os.environ):
+            return
+        state = os.path.dirname(spool_path(self.config.spool.path, dict(os.environ)))
+        try:
+            self.console_secret = first_run.load_or_create_secret(Path(state))
+        except first_run.FirstRunError as exc:
+            raise StartupError(str(exc)) from None
+        self.config = first_run.with_secret(self.config, self.console_secret)
+
+    def _mount_console(self, nursery: trio.Nursery, stream: StreamService) -> None:
+        """The page at ``/``, its JSON endpoints and the dead-letter feed."""
+        if not self.config.console.enabled:
+            return
+        feed = DeadLetterFeed(lambda: self.plan)
+        self.ingest.dead_letter_feed = feed.publish_local
+        sources = ConsoleSources(
+            config=lambda: self.config,
+            plan=lambda: self.plan,
+            auth=lambda: stream.auth,
+            inputs=self._health_inputs,
+            clock=trio.current_time,
+        )
+        self.console = Console(sources, self.tracker, feed)
+        self.console.mount(stream.router)
+        if self.config.stream.source != "local":
+            settings = msgspec.structs.replace(
+                self.config.stream, topics=dead_letter_topics(self.plan), group_id=None
+            )
+            self._dead_letter_source = KafkaSource(self.config.kafka, settings, feed)
+            nursery.start_soon(self._dead_letter_source.run)
+        if self.console_secret is not None:
+            host, port = stream.addresses[0]
+            link = first_run.sign_in_link(host, port, self.console_secret, time.time())
+            print(f"Open the console: {link}", flush=True)
+            log.info("console.sign_in_link", url=link.split("#")[0], valid_s=3600)
+
+    async def _sample_progress(self) -> None:
+        while True:
+            await self._refresh_spool_snapshot()
+            self.tracker.observe(trio.current_time(), self._counters())
+            await trio.sleep(PROGRESS_SAMPLE_S)
+
+    def _counters(self) -> Counters:
+        stats = self.stats
+        pending = self._spool_snapshot.records_pending if self._spool_snapshot else None
+        return Counters(
+            received=sum(stats.received.values()) + stats.unmatched,
+            acked=sum(stats.produced.values()) + stats.spool_drained,
+            dead_letters=sum(stats.dead_letters.values()),
+            waiting=len(self.producer) + (pending or 0),
+            spool_appended=stats.spooled,
+            spool_pending=pending,
+        )
+
+    async def _health_inputs(self) -> HealthInputs:
+        await self._refresh_spool_snapshot()
+        snapshot = self._spool_snapshot
+        assert self.stream is not None
+        status = self.stream.status()
+        source = self._dead_letter_source
+        return HealthInputs(
+            state=self._health_state(),
+            waiting_records=self._counters().waiting,
+            spool_records=snapshot.records_pending if snapshot else None,
+            spool_bytes=snapshot.bytes if snapshot else None,
+            stream_connections=status.total_connections,
+            stream_source=status.source,
+            stream_kafka=status.kafka_state,
+            dead_letter_kafka=source.state if source is not None else "disabled",
+        )
 
     def _mount_operations(self, stream: StreamService) -> None:
         """/metrics, /healthz and /readyz on the stream server's routes."""
@@ -250,6 +342,9 @@ class Daemon:
                 ),
                 stream=stream.status,
                 commands=lambda: {f.plan.mapping.name: f for f in self.commands},
+                ack_wait=lambda: self.tracker.ack_wait_s(trio.current_time()),
+                spool_oldest=lambda: self.tracker.oldest_spooled_s(trio.current_time()),
+                try_refused=lambda: self.console.try_refused if self.console else {},
             )
         )
 
@@ -290,6 +385,15 @@ class Daemon:
                 self.forwarder.unavailable if self.forwarder is not None else None,
             ),
             spool_reason=self.forwarder.unavailable if self.forwarder is not None else None,
+            stalled=tuple(self._stalled()),
+        )
+
+    def _stalled(self) -> list[str]:
+        now = trio.current_time()
+        return stalled_reasons(
+            self.tracker.ack_wait_s(now),
+            self.tracker.oldest_spooled_s(now),
+            self.config.health.stalled_after_s,
         )
 
     async def _signals(self, signals: Any, scope: trio.CancelScope) -> None:
@@ -325,6 +429,8 @@ class Daemon:
                 " again (with --watch-config, saving it is enough)",
             )
             return
+        if self.console_secret is not None and first_run.eligible(config, os.environ):
+            config = first_run.with_secret(config, self.console_secret)
         changed = _restart_only_changes(self.config, config)
         self.config, self.plan = config, plan
         self.normalizer = Normalizer(plan, previous=self.normalizer)

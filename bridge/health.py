@@ -7,15 +7,17 @@ Two questions, two endpoints, because they trigger different actions:
   because Kafka is down would throw away the MQTT session and the spool's
   in-memory state and fix nothing.  It is always 200 while the event loop runs.
 * ``/readyz`` asks whether the bridge does its job: MQTT connected (messages
-  come in) and somewhere to put records (Kafka, or the spool while Kafka is
-  away).  503 with the reasons otherwise, so a human or an orchestrator sees
-  *why* without reading logs.  A spool the disk refuses (full, read-only,
+  come in), somewhere to put records (Kafka, or the spool while Kafka is
+  away), and records moving: a ``stalled`` reason when records have waited
+  for a Kafka acknowledgement, or in the spool, longer than
+  ``health.stalled_after_s`` (:mod:`bridge.console.progress`).  503 with the
+  reasons otherwise, so a human or an orchestrator sees *why* without reading
+  logs.  A spool the disk refuses (full, read-only,
   I/O errors) is one of those reasons while Kafka is down too
   (``spool: unavailable: <reason>``); while Kafka takes records the bridge
   still does its job, so the same line comes as a ``warnings`` entry of a 200
   answer (a 503 would make an orchestrator take the dashboards' stream away
   for a full disk).
-
 
 Kafka's state is the producer's own view (``connecting``, ``up``, ``down``).
 ``connecting`` counts as able to take records: librdkafka queues them, and it
@@ -43,7 +45,8 @@ class HealthState:
 
     ``started``: every part of the daemon has started; ``stopping``: a
     shutdown is draining (readiness goes away first, so nothing new is sent
-    our way while we finish).
+    our way while we finish).  ``stalled``: the progress reasons, each
+    starting with ``stalled:``.
     """
 
     started: bool
@@ -53,6 +56,7 @@ class HealthState:
     spool: SpoolState
     spool_reason: str | None = None
     """Why the spool is ``unavailable`` (``No space left on device (ENOSPC)``)."""
+    stalled: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def not_ready_reasons(state: HealthState) -> list[str]:
         elif state.spool == "unavailable":
             reasons.append("kafka: unreachable, and the spool cannot hold records")
             reasons.append(spool_unavailable(state))
+    reasons.extend(state.stalled)
     return reasons
 
 

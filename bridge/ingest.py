@@ -73,6 +73,9 @@ class Ingest:
         # stream hub, which shows them while Kafka does not feed the stream.
         self.local_feed: Callable[[bytes], None] | None = None
         self.local_topics: frozenset[str] = frozenset()
+        # The console's dead-letter feed: the records of each message that made
+        # a dead letter (rare, so it costs nothing on the clean path).
+        self.dead_letter_feed: Callable[[list[Outgoing]], None] | None = None
         self._overflow: deque[tuple[Outgoing, PendingMessage]] = deque()
         self._unmatched_log = SampledLog("ingest.unmatched_topic", level="info")
         self._failure_log = SampledLog("kafka.delivery_failed", level="error")
@@ -104,6 +107,8 @@ class Ingest:
                     stats.duplicates[mapping] += 1
                 for reason in outcome.dead:
                     stats.dead_letters[reason] += 1
+                if outcome.dead and self.dead_letter_feed is not None:
+                    self.dead_letter_feed(outcome.records)
             records = outcome.records
             qos1 = message.qos > 0
             if not records:

@@ -89,6 +89,8 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "1 for the producer's current state (connecting, up, down), 0 for the others."),
     ("kafka_producer_queue_records", "gauge", (),
      "Records in librdkafka's queue, not acknowledged by Kafka yet."),
+    ("kafka_ack_wait_seconds", "gauge", (),
+     "While records wait: seconds since Kafka last acknowledged one (0 when none wait)."),
     # spool
     ("spool_bytes", "gauge", (), "Bytes of spool segments on disk."),
     ("spool_records", "gauge", (), "Records in the spool not yet delivered to Kafka."),
@@ -106,6 +108,8 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "I/O errors) or it could not be opened."),
     ("spool_unavailable", "counter", (),
      "Times the spool's disk started refusing it."),
+    ("spool_oldest_record_age_seconds", "gauge", (),
+     "Age of the oldest record in the spool (0 when it is empty)."),
     # stream
     ("stream_connections", "gauge", ("tenant", "kind"),
      "Open stream connections per tenant (* for admins watching all) and kind (websocket, sse)."),
@@ -119,6 +123,9 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Command records published to MQTT and acknowledged by the broker, per command mapping."),
     ("command_dead_letters", "counter", ("mapping",),
      "Command records sent to the dead-letter topic instead, per command mapping."),
+    # console
+    ("console_try_refused", "counter", ("reason",),
+     "Console \"try a payload\" requests refused, per reason (unauthenticated, forbidden...)."),
 )  # fmt: skip
 
 #: Every family the collector can yield, by short name (without the prefix).
@@ -193,6 +200,10 @@ class Sources:
     spool_available: Callable[[], bool] | None = None
     stream: Callable[[], StreamView] | None = None
     commands: Callable[[], Mapping[str, CommandView]] | None = None
+    #: Progress (bridge.console.progress): seconds, None when nothing waits.
+    ack_wait: Callable[[], float | None] | None = None
+    spool_oldest: Callable[[], float | None] | None = None
+    try_refused: Callable[[], Mapping[str, int]] | None = None
 
 
 def _counter(key: str, value: float | None = None) -> CounterMetricFamily:
@@ -251,6 +262,8 @@ class BridgeCollector:
         yield from self._spool()
         yield from self._stream()
         yield from self._commands()
+        if self.sources.try_refused is not None:
+            yield _per_label("console_try_refused", self.sources.try_refused())
 
     def _ingest(self) -> Iterator[Metric]:
         stats = self.sources.stats
@@ -284,6 +297,8 @@ class BridgeCollector:
             yield family
         if self.sources.kafka_queue is not None:
             yield _gauge("kafka_producer_queue_records", self.sources.kafka_queue())
+        if self.sources.ack_wait is not None:
+            yield _gauge("kafka_ack_wait_seconds", self.sources.ack_wait() or 0.0)
 
     def _spool(self) -> Iterator[Metric]:
         stats = self.sources.stats
@@ -301,6 +316,8 @@ class BridgeCollector:
         yield _counter("spool_dropped_records", stats.spool_dropped)
         yield _counter("spool_full", stats.spool_full_waits)
         yield _counter("spool_corrupt_records", snapshot.corrupt_total)
+        if self.sources.spool_oldest is not None:
+            yield _gauge("spool_oldest_record_age_seconds", self.sources.spool_oldest() or 0.0)
 
     def _stream(self) -> Iterator[Metric]:
         if self.sources.stream is None:

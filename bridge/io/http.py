@@ -1,6 +1,8 @@
 """The listen address: HTTP/1.1 with h11 on trio TCP listeners, WebSocket with
-trio-websocket, and a route table so other modules add GET endpoints
-(``/metrics``, ``/healthz`` ...) without touching the server.
+trio-websocket, and a route table so other modules add endpoints
+(``/metrics``, ``/healthz`` ...) without touching the server.  Routes answer
+GET unless they name other methods; a request body (bounded by
+:data:`MAX_REQUEST_BODY`) reaches the handler as :attr:`Request.body`.
 
 h11 parses every request.  A request that asks for a WebSocket upgrade on a
 WebSocket route is handed to trio-websocket (``wrap_server_stream``) on a
@@ -99,9 +101,10 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     remote: str
+    body: bytes = b""
 
 
-def _build_request(event: h11.Request, remote: str) -> Request:
+def _build_request(event: h11.Request, remote: str, body: bytes = b"") -> Request:
     target = event.target.decode("latin-1")
     parts = urlsplit(target)
     headers: dict[str, str] = {}
@@ -116,6 +119,7 @@ def _build_request(event: h11.Request, remote: str) -> Request:
         query=parse_qs(parts.query, keep_blank_values=True),
         headers=headers,
         remote=remote,
+        body=body,
     )
 
 
@@ -214,23 +218,30 @@ WebSocketHandler = Callable[[Request, trio_websocket.WebSocketRequest], Awaitabl
 
 
 class Router:
-    """Path -> handler, for GET requests and for WebSocket upgrades.
+    """Path -> handler, for HTTP requests and for WebSocket upgrades.
 
     Paths match exactly, a trailing slash aside (``/metrics`` and ``/metrics/``
-    are the same route).
+    are the same route).  An HTTP route answers the methods it was added with
+    (GET by default), 405 to the others.
     """
 
     def __init__(self) -> None:
         self._http: dict[str, HttpHandler] = {}
+        self._methods: dict[str, tuple[str, ...]] = {}
         self._websocket: dict[str, WebSocketHandler] = {}
         #: Answers ``OPTIONS`` (CORS preflight) on every HTTP route when set.
         self.preflight: HttpHandler | None = None
 
-    def add(self, path: str, handler: HttpHandler) -> None:
+    def add(self, path: str, handler: HttpHandler, methods: tuple[str, ...] = ("GET",)) -> None:
         key = _normalise(path)
         if key in self._http or key in self._websocket:
             raise ValueError(f"route {path} is already taken")
         self._http[key] = handler
+        self._methods[key] = methods
+
+    def methods(self, path: str) -> tuple[str, ...]:
+        """The methods the route at ``path`` answers (GET when unknown)."""
+        return self._methods.get(_normalise(path), ("GET",))
 
     def add_websocket(self, path: str, handler: WebSocketHandler) -> None:
         key = _normalise(path)
@@ -329,9 +340,11 @@ def _head_size(event: h11.Request) -> int:
     return size + sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
 
 
-async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Request | None:
-    """The next request with its (discarded, bounded) body; None when the
-    client closed, or sent nothing in time."""
+async def _read_request(
+    conn: h11.Connection, stream: trio.abc.Stream
+) -> tuple[h11.Request, bytes] | None:
+    """The next request with its (bounded) body; None when the client closed,
+    or sent nothing in time."""
     with trio.move_on_after(REQUEST_TIMEOUT_S):
         event = await _next_event(conn, stream)
         if isinstance(event, h11.ConnectionClosed):
@@ -340,15 +353,15 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> h11.Re
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}", 400)
         if _head_size(event) > MAX_HEADER_BYTES:
             raise h11.RemoteProtocolError(f"request head larger than {MAX_HEADER_BYTES} bytes", 431)
-        size = 0
+        body = bytearray()
         while True:
             part = await _next_event(conn, stream)
             if isinstance(part, h11.Data):
-                size += len(part.data)
-                if size > MAX_REQUEST_BODY:
+                body += part.data
+                if len(body) > MAX_REQUEST_BODY:
                     raise h11.RemoteProtocolError("request body too large", 413)
             elif isinstance(part, h11.EndOfMessage):
-                return event
+                return event, bytes(body)
             else:
                 raise h11.RemoteProtocolError(f"unexpected {type(part).__name__}", 400)
     return None
@@ -395,14 +408,15 @@ class HttpServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         while True:
             try:
-                event = await _read_request(conn, stream)
+                received = await _read_request(conn, stream)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await _error(Responder(conn, stream), exc.error_status_hint, str(exc))
                 return
-            if event is None:
+            if received is None:
                 return
-            request = _build_request(event, remote)
+            event, body = received
+            request = _build_request(event, remote, body)
             keep_going = await self._dispatch(request, event, conn, stream)
             if not keep_going or conn.our_state is not h11.DONE:
                 return
@@ -436,10 +450,10 @@ class HttpServer:
             await _error(responder, 404, f"no route for {request.path}")
         elif request.method == "OPTIONS" and self.router.preflight is not None:
             await self._call(self.router.preflight, request, responder)
-        elif request.method != "GET":
-            allow = "GET, OPTIONS" if self.router.preflight is not None else "GET"
+        elif request.method not in (methods := self.router.methods(request.path)):
+            allow = [*methods, "OPTIONS"] if self.router.preflight is not None else methods
             await responder.send_json(
-                405, {"error": "Method Not Allowed"}, headers=[("allow", allow)]
+                405, {"error": "Method Not Allowed"}, headers=[("allow", ", ".join(allow))]
             )
         else:
             await self._call(handler, request, responder)

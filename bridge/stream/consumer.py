@@ -39,7 +39,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 import structlog
@@ -54,10 +54,22 @@ from confluent_kafka import (
 )
 
 from bridge.config import KafkaSettings, StreamSettings
-from bridge.core.events import iso_utc
+from bridge.core.events import Positions, iso_utc
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.logs import SampledLog
-from bridge.stream.hub import Hub
+
+
+class RecordSink(Protocol):
+    """What a :class:`KafkaSource` feeds: the stream's hub, or the console's
+    dead-letter feed.  ``positions`` is read at assignment, ``kafka_feeding``
+    set with the source's state."""
+
+    positions: Positions
+    kafka_feeding: bool
+
+    def publish_kafka(
+        self, topic: str, partition: int, offset: int, value: bytes | None, sent_at: str
+    ) -> None: ...
 
 log = structlog.get_logger(__name__)
 
@@ -158,7 +170,7 @@ class _ThreadNotes:
 class KafkaSource:
     """Reads ``stream.topics`` and feeds the hub until cancelled."""
 
-    def __init__(self, kafka: KafkaSettings, stream: StreamSettings, hub: Hub) -> None:
+    def __init__(self, kafka: KafkaSettings, stream: StreamSettings, hub: RecordSink) -> None:
         self._kafka = kafka
         self._stream = stream
         self._hub = hub

@@ -1,0 +1,166 @@
+"""The console's endpoints through the real daemon, as a script would use
+them: the page and its security headers, health JSON, mappings, "try a
+payload" (admin only, bounded, refusals counted), the first-run sign-in link,
+and ``stalled`` in /readyz when records stop moving."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+
+from tests.integration.conftest import BridgeSetup
+from tests.integration.test_stream_clients import SECRET, client_token, token
+from tests.support import BridgeProcess, free_port, publish_many, wait_until
+
+GOOD = b'{"schema_version": 1, "metrics": {"temperature": 21.5}}'
+
+
+def request(
+    port: int,
+    path: str,
+    *,
+    bearer: str | None = None,
+    body: bytes | None = None,
+    method: str = "GET",
+) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as response:
+            return response.status, _lower(response.headers.items()), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, _lower(error.headers.items()), error.read()
+
+
+def _lower(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in items}
+
+
+def metric(port: int, name: str) -> float:
+    _, _, text = request(port, "/metrics")
+    for line in text.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_page_health_mappings_and_try_a_payload(setup: BridgeSetup) -> None:
+    port = setup.listen_port
+    admin = token(role="admin")
+    config = setup.config("[limits]\nmax_payload_bytes = 1000\n")
+    with BridgeProcess(config, env={"EDGE_BRIDGE_JWT_SECRET": SECRET}) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        assert not any(line.text.startswith("Open the console") for line in bridge.lines)
+
+        status, headers, page = request(port, "/")
+        assert status == 200 and b"console.js" in page
+        assert "unsafe-inline" not in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        status, headers, _ = request(port, "/console/console.js")
+        assert status == 200 and headers["content-type"].startswith("text/javascript")
+
+        publish_many(setup.mosquitto.url, [("tenant/t1/device/D1/telemetry", GOOD, 1)] * 5)
+        health = wait_until(
+            lambda: (
+                (h := json.loads(request(port, "/api/console/health")[2]))["rates"][
+                    "records_out_per_s"
+                ]
+                > 0
+                and h
+            ),
+            15,
+            "records out in the health JSON",
+        )
+        assert health["mqtt"] == "connected" and health["status"] == "ready"
+        assert health["spool"]["state"] == "accepting"
+
+        assert request(port, "/api/console/mappings")[0] == 401
+        status, _, body = request(port, "/api/console/mappings", bearer=client_token("t1"))
+        (row,) = json.loads(body)["mappings"]
+        assert row == {
+            "name": "telemetry",
+            "mqtt_filter": "tenant/+/device/+/telemetry",
+            "qos": 1,
+            "kafka": {"clean": setup.clean, "raw": setup.raw, "dead_letter": setup.dlq},
+            "key": "{tenant}:{device}",
+        }
+
+        topic = "/api/console/try?topic=tenant/t1/device/D1/telemetry"
+        status, _, body = request(port, topic, bearer=admin, body=b"{oops", method="POST")
+        trial = json.loads(body)
+        assert status == 200 and trial["dead_letters"] == ["invalid_json"]
+        assert trial["records"][0]["topic"] == setup.dlq
+        status, _, body = request(port, topic, bearer=admin, body=GOOD, method="POST")
+        assert [r["topic"] for r in json.loads(body)["records"]] == [setup.clean, setup.raw]
+
+        refusals = [
+            (None, GOOD, 401),
+            (client_token("t1"), GOOD, 403),
+            (admin, b"x" * 1001, 413),
+        ]
+        for bearer, payload, expected in refusals:
+            assert request(port, topic, bearer=bearer, body=payload, method="POST")[0] == expected
+        assert request(port, "/api/console/try", bearer=admin, body=GOOD, method="POST")[0] == 400
+        assert request(port, topic, bearer=admin)[0] == 405
+        for reason in ("unauthenticated", "forbidden", "too_large", "bad_request"):
+            name = f'edge_bridge_console_try_refused_total{{reason="{reason}"}}'
+            assert metric(port, name) == 1, reason
+        # Nothing a try made reached Kafka: only the 5 published messages were produced.
+        clean = f'edge_bridge_kafka_records_produced_total{{topic="{setup.clean}"}}'
+        assert metric(port, clean) == 5
+        assert bridge.stop() == 0
+
+
+def test_first_run_prints_a_sign_in_link_on_loopback_only(setup: BridgeSetup) -> None:
+    port = setup.listen_port
+    with BridgeProcess(setup.config()) as bridge:
+        bridge.wait_for_event("console.sign_in_link", timeout=30)
+        (line,) = [x.text for x in bridge.lines if x.text.startswith("Open the console")]
+        link = re.search(r"http://\S+", line)
+        assert link is not None and link.group().startswith(f"http://127.0.0.1:{port}/#token=")
+        secret_file = setup.workdir / "console-secret"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        assert secret_file.read_text().strip() not in "\n".join(x.text for x in bridge.lines)
+        link_token = link.group().split("#token=")[1]
+        assert request(port, "/api/console/mappings", bearer=link_token)[0] == 200
+        assert bridge.stop() == 0
+
+    secret_file.unlink()
+    with BridgeProcess(setup.config(), args=["--listen", f"0.0.0.0:{free_port()}"]) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        assert bridge.events("auth.no_key")
+        assert not any(x.text.startswith("Open the console") for x in bridge.lines)
+        assert not secret_file.exists()
+        assert bridge.stop() == 0
+
+
+def test_readyz_says_stalled_when_spooled_records_stop_moving(setup: BridgeSetup) -> None:
+    port = setup.listen_port
+    dead_kafka = f"127.0.0.1:{free_port()}"
+    config = setup.config("[health]\nstalled_after_s = 2\n")
+    args = ["--kafka-bootstrap", dead_kafka]
+    env = {"EDGE_BRIDGE_JWT_SECRET": SECRET}
+    with BridgeProcess(config, args=args, env=env) as bridge:
+        bridge.wait_for_event("spool.active", timeout=30)
+        publish_many(setup.mosquitto.url, [("tenant/t1/device/D1/telemetry", GOOD, 1)] * 3)
+        status, _, body = wait_until(
+            lambda: (r := request(port, "/readyz"))[0] == 503 and b"oldest spooled" in r[2] and r,
+            30,
+            "/readyz to say stalled",
+        )
+        reasons = json.loads(body)["reasons"]
+        assert reasons == [r for r in reasons if r.startswith("stalled:")], (
+            "stalled is the only reason: everything is connected"
+        )
+        assert metric(port, "edge_bridge_spool_oldest_record_age_seconds") > 2
+        assert metric(port, "edge_bridge_kafka_ack_wait_seconds") > 2
+        health = json.loads(request(port, "/api/console/health")[2])
+        assert health["kafka"] == "down" and health["spool"]["records"] == 6
+        assert health["spool"]["oldest_record_age_s"] >= 2
+        assert bridge.stop() == 0
