@@ -273,6 +273,7 @@ class Daemon:
             config=lambda: self.config,
             plan=lambda: self.plan,
             auth=lambda: stream.auth,
+            origin_allowed=stream.origin_allowed,
             inputs=self._health_inputs,
             clock=trio.current_time,
         )

@@ -60,6 +60,7 @@ class ConsoleSources:
     config: Callable[[], Config]
     plan: Callable[[], Plan]
     auth: Callable[[], Authenticator]
+    origin_allowed: Callable[[Request], bool]
     inputs: Callable[[], Awaitable[HealthInputs]]
     clock: Callable[[], float]
 
@@ -105,7 +106,9 @@ class Console:
         router.add(TRY_PATH, self.try_payload, methods=("POST",))
         router.add_websocket(
             DEAD_LETTERS_PATH,
-            lambda request, ws: dead_letter_session(self.feed, self.sources.auth, request, ws),
+            lambda request, ws: dead_letter_session(
+                self.feed, self.sources.auth, self.sources.origin_allowed, request, ws
+            ),
         )
 
     # ----------------------------------------------------------------- endpoints

@@ -213,11 +213,14 @@ def watcher_tenant(principal: Principal, query: dict[str, list[str]]) -> str | N
 async def dead_letter_session(
     feed: DeadLetterFeed,
     auth: Callable[[], Authenticator],
+    origin_allowed: Callable[[Request], bool],
     request: Request,
     ws_request: WebSocketRequest,
 ) -> None:
     """One console: ``connected``, the backlog, then live letters, until it closes.
-    A refusal is a close code (4001, 4003, 4029) as on the telemetry stream."""
+    A refusal is a close code (4001, 4003, 4029) as on the telemetry stream,
+    whose origin rule (``stream.allow_origins`` or the page's own host) holds
+    here too."""
     proposed = list(ws_request.proposed_subprotocols)
     try:
         ws = await ws_request.accept(subprotocol=select_subprotocol(proposed))
@@ -225,6 +228,8 @@ async def dead_letter_session(
         return
     code, reason = 1000, "bye"
     try:
+        if not origin_allowed(request):
+            raise Refused(Refusal.FORBIDDEN, "origin not in stream.allow_origins")
         principal = auth().verify(find_token(request.query, request.headers, proposed))
         watcher = feed.watch(watcher_tenant(principal, request.query))
     except Refused as exc:

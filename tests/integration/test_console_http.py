@@ -149,7 +149,7 @@ def test_readyz_says_stalled_when_spooled_records_stop_moving(setup: BridgeSetup
     with BridgeProcess(config, args=args, env=env) as bridge:
         bridge.wait_for_event("spool.active", timeout=30)
         publish_many(setup.mosquitto.url, [("tenant/t1/device/D1/telemetry", GOOD, 1)] * 3)
-        status, _, body = wait_until(
+        _, _, body = wait_until(
             lambda: (r := request(port, "/readyz"))[0] == 503 and b"oldest spooled" in r[2] and r,
             30,
             "/readyz to say stalled",
