@@ -46,6 +46,8 @@ ALL_TENANTS = "*"
 #: they come back from Kafka after an outage (edge-local mode).
 LOCAL_MEMORY = 10_000
 
+Values = dict[bytes, deque[int]]
+
 
 def _nothing() -> None:
     pass
@@ -130,6 +132,12 @@ class ClientQueue:
         self._items.append(event)
         self._wakeup.set()
 
+    def clear(self) -> None:
+        """Forget what is queued (an SSE resume reads it from Kafka instead)."""
+        self._items.clear()
+        self._dropped_pending = 0
+        self.behind = 0
+
     def retain(self, keep: Callable[[Event], bool]) -> None:
         """Drop queued events that no longer match (after a filter change)."""
         self._items = deque(e for e in self._items if keep(e))
@@ -174,6 +182,9 @@ class Client:
         #: (topic, partition) -> first offset still to deliver: set after an SSE
         #: replay for partitions the replay read beyond what the hub had seen.
         self.skip_below: dict[tuple[str, int], int] = {}
+        #: The first edge-local record (by sequence number) this client was
+        #: registered for: the Kafka copies of earlier ones are new to it.
+        self.local_from = 0
 
     def wants(self, event: Event) -> bool:
         if not self.filters.matches(event.tenant, event.device, event.metric):
@@ -202,8 +213,12 @@ class Hub:
         self.kafka_feeding = False
         #: Whether records fed locally are dispatched when Kafka is not feeding.
         self.local_fallback = True
+        # Edge-local records delivered and not yet seen again from Kafka: by
+        # sequence number, oldest first (to bound them), and by value.
         self._local_seq = 0
-        self._local_recent: OrderedDict[bytes, None] = OrderedDict()
+        self._local_recent: OrderedDict[int, bytes] = OrderedDict()
+        self._local_values: Values = {}
+        self._newest_local_from = 0
         self.events_dropped = 0
         self.slow_disconnects = 0
         self.malformed = SampledLog("stream.malformed_record")
@@ -224,6 +239,7 @@ class Hub:
             )
         self.connections[(key, client.transport)] += 1
         client.queue.on_drop = self._count_drop
+        self._local_start(client)
         if client.filters.tenant is None:
             self._everyone.add(client)
         else:
@@ -259,16 +275,29 @@ class Hub:
     def positions_copy(self) -> Positions:
         return {topic: dict(parts) for topic, parts in self.positions.items()}
 
+    def restart(self, client: Client) -> Positions:
+        """Empty a registered client's queue and give the position it now
+        starts from: as if it had been registered at this moment (an SSE
+        client that waited for Kafka before its replay could start)."""
+        client.queue.clear()
+        self._local_start(client)
+        return self.positions_copy()
+
+    def _local_start(self, client: Client) -> None:
+        client.local_from = self._local_seq + 1
+        self._newest_local_from = client.local_from
+
     # ----------------------------------------------------------------- records
     def publish_kafka(
         self, topic: str, partition: int, offset: int, value: bytes | None, sent_at: str
     ) -> None:
         """One record read from Kafka: advance the position, then dispatch it."""
         self.positions.setdefault(topic, {})[partition] = offset + 1
-        if self._local_recent and value is not None and value in self._local_recent:
-            # Already delivered from the local pipeline while Kafka was away.
-            del self._local_recent[value]
-            return
+        local_seq = 0
+        if self._local_values and value is not None:
+            local_seq = self._seen_locally(value)
+            if local_seq and local_seq >= self._newest_local_from:
+                return  # every client was there when it was delivered locally
         if not self.has_clients:
             return
         try:
@@ -276,9 +305,27 @@ class Hub:
         except MalformedRecord as exc:
             self.malformed(topic=topic, partition=partition, offset=offset, reason=str(exc))
             return
-        self._dispatch(
-            record, kafka_event_id(topic, partition, offset), sent_at, topic, partition, offset
-        )
+        event_id = kafka_event_id(topic, partition, offset)
+        self._dispatch(record, event_id, sent_at, topic, partition, offset, local_seq)
+
+    def _seen_locally(self, value: bytes) -> int:
+        """The sequence number of the oldest local delivery of a record with
+        these bytes not yet matched by a copy from Kafka, or 0; matched now.
+
+        Why a count and not a set: two readings of one device, metric, value
+        and millisecond are byte-identical records; each local delivery
+        matches one Kafka copy, so both copies are recognised, and a third
+        (another instance's, say) is delivered.  Records with the same key go
+        to the same partition, in the order they were produced.
+        """
+        seqs = self._local_values.get(value)
+        if not seqs:
+            return 0
+        seq = seqs.popleft()
+        if not seqs:
+            del self._local_values[value]
+        del self._local_recent[seq]
+        return seq
 
     def publish_local(self, value: bytes, sent_at: str) -> None:
         """A clean record from this daemon's own ingest (edge-local mode): sent
@@ -290,11 +337,17 @@ class Hub:
         except MalformedRecord as exc:
             self.malformed(source="local", reason=str(exc))
             return
-        self._local_recent[value] = None
-        if len(self._local_recent) > LOCAL_MEMORY:
-            self._local_recent.popitem(last=False)
         self._local_seq += 1
-        self._dispatch(record, f"local:{self._local_seq}", sent_at, None, -1, -1)
+        seq = self._local_seq
+        self._local_recent[seq] = value
+        self._local_values.setdefault(value, deque()).append(seq)
+        if len(self._local_recent) > LOCAL_MEMORY:
+            _old_seq, old_value = self._local_recent.popitem(last=False)
+            seqs = self._local_values[old_value]
+            seqs.popleft()  # the oldest of all is the oldest of its value
+            if not seqs:
+                del self._local_values[old_value]
+        self._dispatch(record, f"local:{seq}", sent_at, None, -1, -1)
 
     def _dispatch(
         self,
@@ -304,7 +357,10 @@ class Hub:
         topic: str | None,
         partition: int,
         offset: int,
+        local_seq: int = 0,
     ) -> None:
+        """``local_seq``: the record was delivered locally as that number; only
+        clients registered after that do not have it yet."""
         tenant_clients: Iterable[Client] = self._by_tenant.get(record.tenant, ())
         if not tenant_clients and not self._everyone:
             return
@@ -312,7 +368,7 @@ class Hub:
             record, encode_event(event_id, sent_at, record.json), topic, partition, offset
         )
         for client in chain(tenant_clients, self._everyone):
-            if not client.wants(event):
+            if client.local_from <= local_seq or not client.wants(event):
                 continue
             if client.transport is Transport.WEBSOCKET:
                 if event.text is None:

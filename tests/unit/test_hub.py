@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import deque
 
 import pytest
 import trio
@@ -10,6 +11,7 @@ import trio.testing
 
 from bridge.core.events import Filters, decode_cursor, parse_record
 from bridge.stream.hub import (
+    LOCAL_MEMORY,
     Client,
     ClientQueue,
     Event,
@@ -245,6 +247,65 @@ def test_local_records_flow_while_kafka_does_not_and_are_not_repeated_after() ->
     assert [json.loads(e.json)["event_id"] for e in taken(watcher)] == ["c:0:1"]
     hub.publish_kafka("c", 0, 2, first, SENT_AT)  # the same bytes again: a new record
     assert len(taken(watcher)) == 1
+
+
+def ids(c: Client) -> list[str]:
+    return [json.loads(e.json)["event_id"] for e in taken(c)]
+
+
+def test_byte_identical_local_records_are_each_recognised_once_from_kafka() -> None:
+    """Two readings of one device, metric, value and millisecond are the same
+    bytes: both local deliveries match one Kafka copy each, a third copy is new."""
+    hub = Hub(max_per_tenant=10)
+    watcher = client(Filters("t1"))
+    hub.register(watcher)
+    twin = record()
+    hub.publish_local(twin, SENT_AT)
+    hub.publish_local(twin, SENT_AT)
+    assert ids(watcher) == ["local:1", "local:2"]
+    hub.kafka_feeding = True
+    for offset in range(3):
+        hub.publish_kafka("c", 0, offset, twin, SENT_AT)
+    assert ids(watcher) == ["c:0:2"]
+
+
+def test_a_client_that_came_after_a_local_delivery_gets_the_kafka_copy() -> None:
+    """Recognising a local record again from Kafka spares only the clients that
+    were there to get it locally; a later client (or one restarted for its
+    SSE replay) still gets it, once."""
+    hub = Hub(max_per_tenant=10)
+    early = client(Filters("t1"))
+    hub.register(early)
+    hub.publish_local(record(device="DEV-1"), SENT_AT)
+    late = client(Filters("t1"), Transport.SSE)
+    hub.register(late)
+    hub.publish_local(record(device="DEV-2"), SENT_AT)
+    assert ids(early) == ["local:1", "local:2"]
+    assert ids(late) == ["local:2"]
+    restarted = client(Filters("t1"), Transport.SSE)
+    hub.register(restarted)
+    hub.publish_local(record(device="DEV-3"), SENT_AT)
+    assert ids(restarted) == ["local:3"]
+    assert ids(early) == ids(late) == ["local:3"]
+    assert hub.restart(restarted) == {}
+    assert restarted.queue._items == deque()
+    hub.kafka_feeding = True
+    for offset, device in enumerate(("DEV-1", "DEV-2", "DEV-3")):
+        hub.publish_kafka("c", 0, offset, record(device=device), SENT_AT)
+    assert ids(early) == []
+    assert ids(late) == ["c:0:0"]
+    assert ids(restarted) == ["c:0:0", "c:0:1", "c:0:2"]
+
+
+def test_local_memory_is_bounded() -> None:
+    hub = Hub(max_per_tenant=10)
+    watcher = client(Filters("t1"), capacity=LOCAL_MEMORY + 10)
+    hub.register(watcher)
+    twin = record()
+    for _ in range(LOCAL_MEMORY + 5):
+        hub.publish_local(twin, SENT_AT)
+    assert len(hub._local_recent) == LOCAL_MEMORY
+    assert len(hub._local_values[twin]) == LOCAL_MEMORY
 
 
 def test_without_fallback_local_records_are_ignored() -> None:
