@@ -182,6 +182,12 @@ def sse_frame(data: bytes, event_id: str | None = None) -> bytes:
     return b"id: " + event_id.encode() + b"\ndata: " + data + b"\n\n"
 
 
+def sse_retry(delay_ms: int) -> bytes:
+    """The reconnection delay for EventSource (the ``retry:`` field), sent
+    before ending a response the client should come back to."""
+    return b"retry: " + str(delay_ms).encode() + b"\n\n"
+
+
 def sse_comment(text: str) -> bytes:
     """A comment line: keeps proxies and the connection alive, ignored by EventSource."""
     return b": " + text.encode() + b"\n\n"

@@ -180,6 +180,7 @@ class KafkaSource:
         self.high_watermarks: dict[tuple[str, int], int] = {}
         self._missing_topics: set[str] = set()
         self._notes = _ThreadNotes()
+        self._ok = trio.Event()
         self._kafka_errors = SampledLog("stream.kafka_error")
         self._record_errors = SampledLog("stream.kafka_record_error")
 
@@ -301,6 +302,18 @@ class KafkaSource:
             log.info("stream.kafka_state", state=state, previous=self.state)
             self.state = state
         self._hub.kafka_feeding = state == "ok"
+        if state == "ok":
+            self._ok.set()
+        elif self._ok.is_set():
+            self._ok = trio.Event()
+
+    async def wait_feeding(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for Kafka to feed the stream (state ``ok``:
+        partitions assigned, a broker answering); whether it does now."""
+        with trio.move_on_after(timeout_s):
+            while self.state != "ok":
+                await self._ok.wait()
+        return self.state == "ok"
 
     # ----------------------------------------------------------------- worker thread
     def _on_error(self, error: KafkaError) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 import trio
@@ -39,15 +39,38 @@ from bridge.stream.consumer import CLOSE_TIMEOUT_S, CONSUME_TIMEOUT_S, fetch
 
 log = structlog.get_logger(__name__)
 
+#: Bound on the topic metadata request made before a replay.
+METADATA_TIMEOUT_S = 5.0
+
 
 @dataclass
 class ReplayOutcome:
     """``complete`` when every range was read to its end; ``positions`` is the
-    cursor after the last record read (delivered or filtered out)."""
+    cursor after the last record read (delivered or filtered out);
+    ``unknown``: partitions the cursor names that the topics do not have (then
+    nothing was read)."""
 
     complete: bool
     positions: Positions
     events: int
+    unknown: list[str] = field(default_factory=list)
+
+
+def _unknown_partitions(consumer: Consumer, ranges: list[ReplayRange]) -> list[str]:
+    """``topic/partition`` of each range the cluster does not have (worker thread).
+
+    Checked before reading: a partition that does not exist never reports its
+    end, so reading it would hold a replay slot for the whole replay timeout.
+    Raises KafkaException when the metadata does not come in time.
+    """
+    unknown = []
+    for topic in sorted({r.topic for r in ranges}):
+        metadata = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
+        have = metadata.partitions if metadata is not None and metadata.error is None else {}
+        unknown += [
+            f"{topic}/{r.partition}" for r in ranges if r.topic == topic and r.partition not in have
+        ]
+    return unknown
 
 
 def _consumer(kafka: KafkaSettings, stream: StreamSettings) -> Consumer:
@@ -144,6 +167,9 @@ async def replay(
         return ReplayOutcome(True, reader.positions, 0)
     consumer = _consumer(kafka, stream)
     try:
+        unknown = await trio.to_thread.run_sync(_unknown_partitions, consumer, ranges)
+        if unknown:
+            return ReplayOutcome(False, reader.positions, 0, unknown)
         consumer.assign(
             [
                 TopicPartition(r.topic, r.partition, r.start if r.start is not None else BEGINNING)

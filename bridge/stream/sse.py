@@ -12,6 +12,13 @@ cursor up to that position, the queue holds everything after it.  If the
 queue overflowed meanwhile, or the replay hit its time or size bound, the
 response ends after the last replayed event and the client's reconnection
 resumes from there.
+
+Where the live stream has no Kafka positions yet (the consumer is not
+assigned just after a start, or Kafka is down), a resuming client waits for
+them, bounded; then it starts afresh, as if registered at that moment (its
+queue emptied, the positions copied again).  If they do not come in time, it
+gets ``retry:`` and an ``error`` event and the response ends: EventSource
+comes back with the same ``Last-Event-ID``.  Never a gap.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 import trio
+from confluent_kafka import KafkaException
 
 from bridge.auth import Refused
 from bridge.core.events import (
@@ -32,8 +40,10 @@ from bridge.core.events import (
     replay_ranges,
     sse_comment,
     sse_frame,
+    sse_retry,
 )
 from bridge.io.http import BodyWriter, Request, Responder
+from bridge.logs import SampledLog
 from bridge.stream.hub import Client, Event, Transport
 from bridge.stream.pump import pump
 from bridge.stream.replay import replay
@@ -44,6 +54,15 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STREAM_HEADERS = [("cache-control", "no-cache"), ("x-accel-buffering", "no")]
+#: How long a resuming client waits for Kafka to feed the stream (just after a
+#: start, the consumer has no partitions yet) before it is told to come back.
+RESUME_WAIT_S = 10.0
+#: The reconnection delay given to a client told to come back (``retry:``).
+RETRY_MS = 2000
+
+#: Failures of the resume itself (a bug, not a bad cursor: that gets its own
+#: error event), logged with a traceback at most every 10 s.
+_resume_failures = SampledLog("stream.sse_resume_failed", level="error")
 
 
 class _SseSink:
@@ -69,6 +88,14 @@ def _cursor_text(request: Request) -> str:
     return next((v for v in request.query.get("last_event_id", []) if v), "")
 
 
+async def _come_back(sink: _SseSink, why: str) -> bool:
+    """Tell the client to reconnect with the same cursor in a moment, and end
+    the response: better than going on with a gap."""
+    await sink.write(sse_retry(RETRY_MS))
+    await sink.control(error_message(f"{why}: reconnect to resume"))
+    return False
+
+
 async def _resume(
     service: StreamService, request: Request, client: Client, seam: Positions, sink: _SseSink
 ) -> bool:
@@ -82,33 +109,56 @@ async def _resume(
     except CursorError as exc:
         await sink.control(error_message(f"Last-Event-ID not understood ({exc}): live events only"))
         return True
-    if service.kafka_state != "ok":
-        await sink.control(
-            error_message("cannot resume while Kafka is not reachable: live events only")
-        )
+    dropped_before = 0
+    source = service.source
+    if source is None:
+        await sink.control(error_message("this stream does not read Kafka: live events only"))
         return True
+    if source.state != "ok":
+        # Kafka is reachable or not; either way the live stream does not have
+        # its positions yet, and only they tell where the replay must end.
+        if not await source.wait_feeding(min(RESUME_WAIT_S, service.settings.replay_timeout_s)):
+            return await _come_back(sink, "Kafka does not feed the stream yet")
+        if client.queue.kicked:
+            return False
+        # Start the client afresh from here: what it was sent meanwhile is
+        # before the new seam, and the replay reads it.
+        seam = service.hub.restart(client)
+        dropped_before = client.queue.dropped_total
     ranges = replay_ranges(cursor, seam, service.settings.topics)
     with trio.CancelScope() as scope:
         # Kicked for overflowing while the replay ran: stop it, end the response.
         client.queue.on_kick = scope.cancel
         async with service.replay_slots:
-            outcome = await replay(
-                ranges,
-                cursor,
-                client.filters,
-                sink.write,
-                kafka=service.kafka,
-                stream=service.settings,
-            )
+            try:
+                outcome = await replay(
+                    ranges,
+                    cursor,
+                    client.filters,
+                    sink.write,
+                    kafka=service.kafka,
+                    stream=service.settings,
+                )
+            except KafkaException as exc:
+                log.info("stream.sse_resume_deferred", remote=request.remote, error=str(exc))
+                return await _come_back(sink, "Kafka did not answer in time")
     if scope.cancelled_caught:
         log.info("stream.sse_resume_cut", remote=request.remote, reason="queue overflowed")
         return False
+    if outcome.unknown:
+        named = ", ".join(outcome.unknown[:5])
+        await sink.control(
+            error_message(
+                f"Last-Event-ID names partitions that do not exist ({named}): live events only"
+            )
+        )
+        return True
     for topic, parts in outcome.positions.items():
         for partition, position in parts.items():
             live = seam.get(topic, {}).get(partition)
             if live is None or position > live:
                 client.skip_below[(topic, partition)] = position
-    complete = outcome.complete and not client.queue.dropped_total
+    complete = outcome.complete and client.queue.dropped_total == dropped_before
     log.info(
         "stream.sse_resumed",
         remote=request.remote,
@@ -117,6 +167,20 @@ async def _resume(
         complete=complete,
     )
     return complete
+
+
+async def _resume_guarded(
+    service: StreamService, request: Request, client: Client, seam: Positions, sink: _SseSink
+) -> bool:
+    """:func:`_resume` behind a crash barrier: whatever a cursor makes go wrong
+    ends this client's response (it reconnects), never the server."""
+    try:
+        return await _resume(service, request, client, seam, sink)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise  # the client went away
+    except Exception as exc:
+        _resume_failures(remote=request.remote, error=type(exc).__name__, exc_info=exc)
+        return await _come_back(sink, "internal error while resuming")
 
 
 async def sse_session(service: StreamService, request: Request, responder: Responder) -> None:
@@ -132,7 +196,7 @@ async def sse_session(service: StreamService, request: Request, responder: Respo
         writer = await responder.start_stream(200, "text/event-stream", STREAM_HEADERS + cors)
         sink = _SseSink(writer)
         await sink.control(connected_message(client.filters, client.role))
-        if await _resume(service, request, client, seam, sink):
+        if await _resume_guarded(service, request, client, seam, sink):
             settings = service.settings
             await pump(
                 client,

@@ -172,6 +172,7 @@ class SseMessage:
 
     data: str | None = None
     id: str | None = None
+    retry: int | None = None
     comments: list[str] = field(default_factory=list)
 
     def json(self) -> Any:
@@ -248,6 +249,8 @@ class SseClient:
                 message.comments.append(value)
             elif name == "id":
                 message.id = value
+            elif name == "retry":
+                message.retry = int(value)
             elif name == "data":
                 message.data = value if message.data is None else f"{message.data}\n{value}"
             else:

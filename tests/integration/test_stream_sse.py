@@ -299,3 +299,80 @@ async def test_a_slow_sse_client_is_told_and_then_ended(tansu: Tansu, topic: str
         await resumed.aclose()
     values = [m.json()["data"]["value"] for m in events + rest]
     assert values == [float(i) for i in range(2000)]
+
+
+async def test_resume_right_after_a_restart_waits_for_kafka_and_loses_nothing(
+    tansu: Tansu, topic: str
+) -> None:
+    """A new stream's consumer has no partitions for a moment after its start;
+    a client resuming then waits for them and gets every record after its
+    cursor: those written while no stream ran, and those written meanwhile."""
+    config = stream_config(tansu.bootstrap, topic)
+    query = {"token": client_token("t1")}
+    async with running_stream(config) as first:
+        client = await connected(first, query)
+        produce(
+            tansu.bootstrap, topic, [clean_record("t1", f"DEV-{i}", "before") for i in range(8)]
+        )
+        seen = await client.telemetry(8)
+        await client.aclose()
+    cursor = seen[-1].id
+    assert cursor is not None
+    between = [clean_record("t1", f"DEV-{i}", "between", float(i)) for i in range(20)]
+    produce(tansu.bootstrap, topic, between)
+    async with running_stream(config, wait_for_kafka=False) as second:
+        assert second.service.kafka_state != "ok"
+        resumed = await connected(second, query, [("last-event-id", cursor)])
+        produce(tansu.bootstrap, topic, [clean_record("t1", "DEV-0", "meanwhile")])
+        got = await resumed.telemetry(21, timeout=30)
+        produce(tansu.bootstrap, topic, [clean_record("t1", "DEV-1", "marker")])
+        (marker,) = await resumed.telemetry(1)
+        await resumed.aclose()
+    metrics = Counter(m.json()["data"]["metric"] for m in got)
+    assert metrics == {"between": 20, "meanwhile": 1}
+    assert len(set(ids_of(got))) == 21
+    assert marker.json()["data"]["metric"] == "marker"
+
+
+async def test_resume_while_kafka_never_feeds_says_come_back_and_ends(unique: str) -> None:
+    config = stream_config("127.0.0.1:9", f"clean.none.{unique}", replay_timeout_s=0.5)
+    async with running_stream(config, wait_for_kafka=False) as stream:
+        client = await connected(
+            stream, {"token": client_token("t1")}, [("last-event-id", "x@0:1")]
+        )
+        retry = await client.next_message()
+        notice = await client.next_message()
+        with pytest.raises(EOFError):
+            await client.next_message()
+    assert retry.retry is not None and retry.retry > 0
+    assert notice.json()["type"] == "error" and "reconnect" in notice.json()["message"]
+
+
+async def test_cursors_it_cannot_use_get_an_error_at_once_and_hold_no_replay_slot(
+    tansu: Tansu, topic: str
+) -> None:
+    """Partitions the topic does not have are found in its metadata, not by
+    waiting the replay timeout for their end; numbers beyond Kafka's bounds
+    and non-ASCII digits are not cursors.  Each client gets an error event,
+    then live events."""
+    config = stream_config(tansu.bootstrap, topic, replay_concurrency=1, replay_timeout_s=60)
+    bad = [
+        f"{topic}@0:0,1:0,2:0,3:0,7:0",
+        f"{topic}@2147483648:0",
+        f"{topic}@0:" + "1" * 5000,
+        f"{topic}@²:0",
+    ]
+    query = {"token": client_token("t1")}
+    async with running_stream(config) as stream:
+        clients = []
+        with trio.fail_after(10):  # far below the replay timeout, with one slot
+            for cursor in [bad[0], *bad]:
+                client = await connected(stream, {**query, "last_event_id": cursor})
+                notice = (await client.next_message()).json()
+                assert notice["type"] == "error" and "Last-Event-ID" in notice["message"]
+                clients.append(client)
+        produce(tansu.bootstrap, topic, [clean_record("t1", "DEV-1")])
+        for client in clients:
+            (event,) = await client.telemetry(1)
+            assert event.json()["data"]["device_serial_id"] == "DEV-1"
+            await client.aclose()
