@@ -258,15 +258,28 @@ class KafkaSettings(_Section):
 
 
 class LimitSettings(_Section):
-    """Bounds on what one MQTT message may carry."""
+    """Bounds on what one MQTT message may carry, and on the state kept per device.
+
+    ``max_json_depth``: arrays and objects nested deeper than this are refused
+    (``too_deep``) before the payload is decoded.  ``identifier_pattern``: a
+    regular expression every tenant, device and ``{named}`` topic segment must
+    match entirely (``invalid_topic``, or ``invalid_field`` when the tenant or
+    device comes from a payload field); the default allows ASCII letters,
+    digits, ``.``, ``_`` and ``-``, so a key such as ``{tenant}:{device}``
+    stays unambiguous.  ``max_user_property_bytes``: MQTT 5 user properties
+    carried into Kafka headers, names and values, per message; the rest are
+    not carried.  ``max_alarm_series``: alarm rule states kept, one per
+    (tenant, device, metric, rule), the least recently seen forgotten first.
+    """
 
     max_payload_bytes: int = 65_536
     max_string_length: int = 256
     max_segment_length: int = 128
     max_metrics: int = 256
-    # MQTT 5 user properties carried into Kafka headers: at most this many
-    # bytes of names and values per message; the rest are not carried.
+    max_json_depth: int = 64
+    identifier_pattern: str = "[A-Za-z0-9._-]+"
     max_user_property_bytes: int = 4096
+    max_alarm_series: int = 100_000
 
 
 class LogSettings(_Section):

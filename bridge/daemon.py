@@ -346,6 +346,7 @@ class Daemon:
                 ack_wait=lambda: self.tracker.ack_wait_s(trio.current_time()),
                 spool_oldest=lambda: self.tracker.oldest_spooled_s(trio.current_time()),
                 try_refused=lambda: self.console.try_refused if self.console else {},
+                alarms=lambda: self.normalizer.alarms,
             )
         )
 

@@ -17,6 +17,11 @@ refuses records: only QoS 1 messages can be held back at the broker.  A spool
 whose disk failed and that holds nothing more to drain is out of the way
 (``StoreAndForward.usable`` is false): records are handled as with the spool
 disabled until it can be written again.
+
+No message can stop this loop: :meth:`Normalizer.process` never raises (its
+crash barrier turns an exception into an ``internal_error`` dead letter), so
+the message is acknowledged like any other dead letter once that record is
+held, and the exception is counted and logged here with its traceback, sampled.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class Ingest:
         self._failure_log = SampledLog("kafka.delivery_failed", level="error")
         self._dropped_log = SampledLog("ingest.qos0_dropped", level="error")
         self._truncated_log = SampledLog("ingest.user_properties_truncated")
+        self._internal_log = SampledLog("ingest.internal_error", level="error")
 
     # ------------------------------------------------------------------ MQTT side
     def handle_batch(self, messages: list[InboundMessage], generation: int) -> None:
@@ -99,16 +105,23 @@ class Ingest:
                 self._truncated_log(topic=topic, bound=self.normalizer.max_user_property_bytes)
             mapping = outcome.mapping
             if mapping is None:
-                stats.unmatched += 1
-                self._unmatched_log(topic=topic)
+                if outcome.error is not None:
+                    self._internal_error(outcome.error, topic)
+                else:
+                    stats.unmatched += 1
+                    self._unmatched_log(topic=topic)
             else:
                 stats.received[mapping] += 1
                 if outcome.duplicate:
                     stats.duplicates[mapping] += 1
-                for reason in outcome.dead:
-                    stats.dead_letters[reason] += 1
-                if outcome.dead and self.dead_letter_feed is not None:
-                    self.dead_letter_feed(outcome.records)
+                dead = outcome.dead
+                if dead:
+                    for reason in dead:
+                        stats.dead_letters[reason] += 1
+                    if self.dead_letter_feed is not None:
+                        self.dead_letter_feed(outcome.records)
+                    if outcome.error is not None:
+                        self._internal_error(outcome.error, topic, mapping)
             records = outcome.records
             qos1 = message.qos > 0
             if not records:
@@ -130,6 +143,17 @@ class Ingest:
             for mid in acks:
                 self.mqtt.ack(generation, mid)
             stats.acked += len(acks)
+
+    def _internal_error(self, error: Exception, topic: str, mapping: str | None = None) -> None:
+        """The core failed on a message (a bug): count it, log it with its
+        traceback (sampled: a flood of one poison message logs once per interval)."""
+        self.stats.internal_errors += 1
+        self._internal_log(
+            topic=topic,
+            mapping=mapping,
+            error=f"{type(error).__name__}: {str(error)[:200]}",
+            exc_info=error,
+        )
 
     def _not_taken(self, record: Outgoing, pending: PendingMessage) -> None:
         """librdkafka's queue is full: spool, hold (QoS 1) or drop (QoS 0)."""

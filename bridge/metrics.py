@@ -77,6 +77,12 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Records Kafka acknowledged, per topic (clean, raw, dead letter, alarms)."),
     ("dead_letters", "counter", ("reason",),
      "Dead-letter records made by ingest, per reason (the reason field of the record)."),
+    ("internal_errors", "counter", (),
+     "Messages the core failed on (a bug): each became an internal_error dead letter, acked."),
+    ("alarm_series", "gauge", (),
+     "Alarm rule states kept, one per tenant, device, metric and rule (limits.max_alarm_series)."),
+    ("alarm_series_evicted", "counter", (),
+     "Alarm rule states forgotten, least recently seen first, to stay within the bound."),
     ("kafka_delivery_failures", "counter", (),
      "Deliveries librdkafka gave up on; each record is produced again or spooled."),
     ("kafka_delivery_seconds", "histogram", (),
@@ -174,6 +180,15 @@ class StreamView(Protocol):
     def partitions(self) -> Sequence[PartitionView]: ...
 
 
+class AlarmView(Protocol):
+    """The alarm rules' state (:class:`bridge.core.alarms.AlarmEvaluator`)."""
+
+    evicted: int
+
+    def __bool__(self) -> bool: ...
+    def __len__(self) -> int: ...
+
+
 class CommandView(Protocol):
     """One Kafka-to-MQTT command mapping's counters
     (:class:`bridge.commands.CommandForwarder` has these attributes)."""
@@ -204,6 +219,7 @@ class Sources:
     ack_wait: Callable[[], float | None] | None = None
     spool_oldest: Callable[[], float | None] | None = None
     try_refused: Callable[[], Mapping[str, int]] | None = None
+    alarms: Callable[[], AlarmView] | None = None
 
 
 def _counter(key: str, value: float | None = None) -> CounterMetricFamily:
@@ -278,6 +294,11 @@ class BridgeCollector:
         yield _gauge("messages_in_flight", stats.pending_messages)
         yield _per_label("kafka_records_produced", stats.produced)
         yield _per_label("dead_letters", stats.dead_letters)
+        yield _counter("internal_errors", stats.internal_errors)
+        alarms = self.sources.alarms() if self.sources.alarms is not None else None
+        if alarms:  # only with alarm rules in the catalog
+            yield _gauge("alarm_series", len(alarms))
+            yield _counter("alarm_series_evicted", alarms.evicted)
         yield _counter("kafka_delivery_failures", stats.delivery_failures)
         spec = FAMILIES["kafka_delivery_seconds"]
         yield HistogramMetricFamily(

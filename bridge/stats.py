@@ -21,6 +21,7 @@ class IngestStats:
     duplicates: Counter[str] = field(default_factory=Counter)  # per mapping
     produced: Counter[str] = field(default_factory=Counter)  # per Kafka topic, delivered
     dead_letters: Counter[str] = field(default_factory=Counter)  # per reason
+    internal_errors: int = 0  # exceptions the core's crash barrier caught
     delivery_failures: int = 0
     dropped_qos0: int = 0
     spooled: int = 0  # records appended to the disk spool

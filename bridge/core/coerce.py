@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import suppress
 
 from bridge.core.records import MetricType, Value
+from bridge.core.shown import shown
+
+# Integers must fit in a signed 64-bit integer: what Kafka consumers in Java,
+# Go or a database column can hold.  JSON allows any number of digits.
+INT_MIN = -(2**63)
+INT_MAX = 2**63 - 1
 
 
 class Refusal(Exception):
@@ -34,17 +41,24 @@ def typed_value(raw: object, max_string: int) -> tuple[Value, MetricType]:
     if isinstance(raw, bool):
         return raw, "bool"
     if isinstance(raw, int):
-        return raw, "numeric"
+        if INT_MIN <= raw <= INT_MAX:
+            return raw, "numeric"
+        raise _too_large(raw)
     if isinstance(raw, float):
         if math.isfinite(raw):
             return raw, "numeric"
-        raise Refusal("metric_type_invalid", f"{raw!r} is not a finite number")
+        raise Refusal("metric_type_invalid", f"{shown(raw)} is not a finite number")
     if isinstance(raw, str):
         if len(raw) > max_string:
             raise Refusal("metric_type_invalid", f"string longer than {max_string} characters")
         return raw, "str"
     kind = "null" if raw is None else type(raw).__name__
     raise Refusal("metric_type_invalid", f"a {kind} is not a number, bool or string")
+
+
+def _too_large(raw: int, where: str | None = None) -> Refusal:
+    detail = f"{shown(raw)} does not fit in a 64-bit integer"
+    return Refusal("value_out_of_range", f"{where}: {detail}" if where else detail)
 
 
 def parse_number(text: str) -> int | float:
@@ -66,18 +80,18 @@ def parse_number(text: str) -> int | float:
 
 def _numeric(where: str) -> Coercer:
     def coerce(raw: object) -> tuple[Value, MetricType]:
-        if isinstance(raw, bool):
-            raise Refusal("coercion_failed", f"{where}: {raw!r} is a bool, rule numeric")
-        if isinstance(raw, int):
-            return raw, "numeric"
-        if isinstance(raw, float) and math.isfinite(raw):
-            return raw, "numeric"
+        number = raw
         if isinstance(raw, str):
-            try:
-                return parse_number(raw), "numeric"
-            except ValueError:
-                pass
-        raise Refusal("coercion_failed", f"{where}: {raw!r} is not a number, rule numeric")
+            with suppress(ValueError):  # refused below, with the text as sent
+                number = parse_number(raw)
+        if isinstance(number, int) and not isinstance(number, bool):
+            if INT_MIN <= number <= INT_MAX:
+                return number, "numeric"
+            raise _too_large(number, where)
+        if isinstance(number, float) and math.isfinite(number):
+            return number, "numeric"
+        kind = "a bool" if isinstance(raw, bool) else "not a number"
+        raise Refusal("coercion_failed", f"{where}: {shown(raw)} is {kind}, rule numeric")
 
     return coerce
 
@@ -96,7 +110,7 @@ def _boolean(where: str, true_words: list[str], false_words: list[str]) -> Coerc
             if word in falsy:
                 return False, "bool"
         words = "/".join([*true_words, *false_words])
-        raise Refusal("coercion_failed", f"{where}: {raw!r} is not one of {words}, rule bool")
+        raise Refusal("coercion_failed", f"{where}: {shown(raw)} is not one of {words}, rule bool")
 
     return coerce
 
@@ -106,13 +120,15 @@ def _text(where: str, enum: list[str] | None, max_string: int) -> Coercer:
 
     def coerce(raw: object) -> tuple[Value, MetricType]:
         if not isinstance(raw, str):
-            raise Refusal("coercion_failed", f"{where}: {raw!r} is not a string, rule str")
+            raise Refusal("coercion_failed", f"{where}: {shown(raw)} is not a string, rule str")
         if len(raw) > max_string:
             raise Refusal(
                 "metric_type_invalid", f"{where}: string longer than {max_string} characters"
             )
         if allowed is not None and raw not in allowed:
-            raise Refusal("value_not_allowed", f"{where}: {raw!r} is not one of {sorted(allowed)}")
+            raise Refusal(
+                "value_not_allowed", f"{where}: {shown(raw)} is not one of {sorted(allowed)}"
+            )
         return raw, "str"
 
     return coerce

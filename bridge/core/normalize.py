@@ -7,19 +7,26 @@ the current time (read once per batch by the caller) and returns an
 What a message becomes:
 
 * It matches no mapping: nothing (the caller counts it and logs a sample).
-* A problem with the message as a whole (too large, not JSON, not an object,
-  unsupported schema version, a bad topic segment, an unknown or inactive
-  device, a device field that contradicts the topic, a bad time, no metrics):
-  one dead-letter record with the reason.
+* A problem with the message as a whole (too large, nested too deeply, not
+  JSON, not an object, unsupported schema version, a bad topic segment, an
+  unknown or inactive device, a device of another tenant, a device field that
+  contradicts the topic, a bad time, no metrics): one dead-letter record with
+  the reason.
 * Otherwise each metric is judged on its own: each valid one becomes a clean
   record, each invalid one a dead-letter record naming the metric.  A partly
   valid message is therefore split, never dropped whole; the raw topic gets the
   original bytes once, because the message itself was readable.
+* Anything else that goes wrong, a bug of the bridge that this message
+  triggers: one ``internal_error`` dead letter naming the exception, so that a
+  message the code cannot handle is acknowledged and set aside rather than
+  ending the daemon (and, redelivered by the broker, ending it again).  The
+  caller counts it and logs the traceback, sampled.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,8 +37,10 @@ from bridge.core.alarms import AlarmEvaluator
 from bridge.core.coerce import Refusal, typed_value
 from bridge.core.dedup import Deduplicator
 from bridge.core.extract import MISSING, get_path
+from bridge.core.json_depth import nesting_depth
 from bridge.core.plan import MappingPlan, Plan
 from bridge.core.records import CleanRecord, DeadLetter, Headers, MetricType, Outgoing, Value
+from bridge.core.shown import shown
 from bridge.core.sparkplug_mapping import SparkplugMapper
 from bridge.core.sparkplug_state import SparkplugState
 from bridge.core.timestamps import TimestampError, format_ms
@@ -87,9 +96,13 @@ class Now:
 
 
 class Outcome:
-    """What one message became.  ``mapping`` is None when no mapping matched."""
+    """What one message became.  ``mapping`` is None when no mapping matched.
+    ``error`` is the exception the crash barrier caught, for the caller to log
+    (its reason in ``dead`` is ``internal_error``)."""
 
-    __slots__ = ("clean", "dead", "duplicate", "mapping", "properties_truncated", "records")
+    __slots__ = (
+        "clean", "dead", "duplicate", "error", "mapping", "properties_truncated", "records"
+    )  # fmt: skip
 
     def __init__(self, mapping: str | None) -> None:
         self.mapping = mapping
@@ -98,6 +111,10 @@ class Outcome:
         self.dead: list[str] = []
         self.duplicate = False
         self.properties_truncated = False
+        self.error: Exception | None = None
+
+
+INTERNAL_ERROR = "internal_error"
 
 
 _encode = msgspec.json.Encoder().encode
@@ -129,11 +146,13 @@ class Normalizer:
         self.max_string = limits.max_string_length
         self.max_segment = limits.max_segment_length
         self.max_metrics = limits.max_metrics
+        self.max_depth = limits.max_json_depth
+        self.identifier = re.compile(limits.identifier_pattern)
         self.max_user_property_bytes = limits.max_user_property_bytes
         self.catalog = plan.catalog
         self.registry = plan.registry
         self.alarms_topic = plan.config.alarms_topic
-        self.alarms = AlarmEvaluator(plan.catalog)
+        self.alarms = AlarmEvaluator(plan.catalog, limits.max_alarm_series)
         self.dedup = {
             m.name: Deduplicator(m.dedup_window_ms, m.dedup_max_entries)
             for m in plan.mappings
@@ -161,7 +180,10 @@ class Normalizer:
                 old.max_entries = dedup.max_entries
                 self.dedup[name] = old
         if previous.alarms.rules == self.alarms.rules:
+            previous.alarms.resize(self.alarms.max_series)
             self.alarms = previous.alarms
+        else:
+            self.alarms.evicted = previous.alarms.evicted  # a counter never goes back
 
     # ------------------------------------------------------------------ entry
     def process(
@@ -176,23 +198,48 @@ class Normalizer:
         """``user_properties`` are the MQTT 5 user properties of the message,
         carried as Kafka headers of its clean and raw records; ``qos`` and
         ``retain`` fill the ``{mqtt_qos}`` and ``{mqtt_retain}`` of header
-        templates."""
-        route = self._routes.get(topic)
-        if route is None:
-            route = self._route(topic)
-        mapping = route.mapping
-        if mapping is None:
-            return Outcome(None)
-        outcome = Outcome(mapping.name)
-        if mapping.sparkplug is not None:
-            assert self.sparkplug is not None
-            self.sparkplug.process(route, topic, payload, now, outcome, (qos, retain))
-            return outcome
+        templates.
+
+        Never raises (short of MemoryError and the like): the outer ``try`` is
+        the crash barrier, one per message, free when nothing is raised."""
         try:
-            carried = self._carried(user_properties, outcome) if user_properties else []
-            delivery = (qos, retain)
-            self._message(mapping, route, topic, payload, now, outcome, carried, delivery)
-        except Refusal as refusal:
+            route = self._routes.get(topic)
+            if route is None:
+                route = self._route(topic)
+            mapping = route.mapping
+            if mapping is None:
+                return Outcome(None)
+            outcome = Outcome(mapping.name)
+            if mapping.sparkplug is not None:
+                assert self.sparkplug is not None
+                self.sparkplug.process(route, topic, payload, now, outcome, (qos, retain))
+                return outcome
+            try:
+                carried = self._carried(user_properties, outcome) if user_properties else []
+                delivery = (qos, retain)
+                self._message(mapping, route, topic, payload, now, outcome, carried, delivery)
+            except Refusal as refusal:
+                self._dead(mapping, topic, payload, now, refusal, topic.encode(), outcome)
+            return outcome
+        except Exception as exc:  # the crash barrier: see the module doc
+            return self._internal_error(topic, payload, now, exc)
+
+    def _internal_error(self, topic: str, payload: bytes, now: Now, exc: Exception) -> Outcome:
+        """The outcome of a message the code failed on: records made before the
+        failure are dropped, an ``internal_error`` dead letter takes their place
+        when the topic's mapping is known."""
+        route = self._routes.get(topic)
+        mapping = route.mapping if route is not None else None
+        outcome = Outcome(mapping.name if mapping is not None else None)
+        outcome.error = exc
+        refusal = Refusal(
+            INTERNAL_ERROR,
+            f"{type(exc).__name__}: the bridge failed on this message ({shown(str(exc), 200)}); "
+            "this is a bug, please report it with this record",
+        )
+        if mapping is None:
+            outcome.dead.append(INTERNAL_ERROR)
+        else:
             self._dead(mapping, topic, payload, now, refusal, topic.encode(), outcome)
         return outcome
 
@@ -213,10 +260,17 @@ class Normalizer:
 
     def _segment_problem(self, segments: dict[str, str]) -> str | None:
         for segment, text in segments.items():
-            problem = segment_problem(text, self.max_segment)
+            problem = self._identifier_problem(text)
             if problem:
                 return f"topic segment {{{segment}}} {problem}"
         return None
+
+    def _identifier_problem(self, text: str) -> str | None:
+        """Why ``text`` cannot be a tenant, device or topic segment, or None."""
+        problem = segment_problem(text, self.max_segment)
+        if problem is None and not self.identifier.fullmatch(text):
+            problem = f"does not match limits.identifier_pattern {self.identifier.pattern!r}"
+        return problem
 
     # ------------------------------------------------------------------ steps
     def _message(
@@ -238,10 +292,22 @@ class Normalizer:
         if route.problem is not None:
             raise Refusal("invalid_topic", route.problem)
         segments = route.segments
+        # Bound the nesting before decoding (see json_depth): counting the
+        # opening brackets settles almost every message.
+        if payload.count(b"[") + payload.count(b"{") > self.max_depth:
+            depth = nesting_depth(payload, self.max_depth)
+            if depth > self.max_depth:
+                raise Refusal(
+                    "too_deep",
+                    f"payload nests at least {depth} levels deep, "
+                    f"the limit is limits.max_json_depth = {self.max_depth}",
+                )
         try:
             doc = _decode(payload)
         except msgspec.DecodeError as exc:
             raise Refusal("invalid_json", f"payload is not valid JSON: {exc}") from None
+        except RecursionError:  # only if the stack was already deep: the scan bounds it
+            raise Refusal("too_deep", "payload nests too deeply to decode") from None
         if not isinstance(doc, dict):
             raise Refusal("not_an_object", f"payload is a JSON {type(doc).__name__}, not an object")
         schema_version = self._schema_version(mapping, doc)
@@ -367,7 +433,7 @@ class Normalizer:
             raise Refusal("schema_version_unsupported", "schema_version is missing")
         if isinstance(version, bool) or not isinstance(version, int):
             raise Refusal(
-                "schema_version_unsupported", f"schema_version {version!r} is not an integer"
+                "schema_version_unsupported", f"schema_version {shown(version)} is not an integer"
             )
         if version not in mapping.schema_versions:
             supported = ", ".join(str(v) for v in sorted(mapping.schema_versions))
@@ -377,14 +443,19 @@ class Normalizer:
             )
         return version
 
-    def _identity(self, value: object, what: str) -> str:
+    def _identity(self, value: object, what: str, joined: bool = False) -> str:
+        """A checked tenant or device.  ``joined``: the value is topic levels
+        joined by ``/`` (a Sparkplug device is ``edge_node/device``), each of
+        which must be an identifier."""
         if value is MISSING or value is None:
             raise Refusal("missing_field", f"{what} is missing from the message")
         if not isinstance(value, str):
-            raise Refusal("invalid_field", f"{what} {value!r} is not a string")
-        problem = segment_problem(value, self.max_segment)
+            raise Refusal("invalid_field", f"{what} {shown(value)} is not a string")
+        problem = segment_problem(value, self.max_segment) if joined else None
+        for part in value.split("/") if joined else (value,):
+            problem = problem or self._identifier_problem(part)
         if problem:
-            raise Refusal("invalid_field", f"{what} {value!r} {problem}")
+            raise Refusal("invalid_field", f"{what} {shown(value)} {problem}")
         return value
 
     def _check_identity(
@@ -395,12 +466,19 @@ class Normalizer:
             if claimed is not MISSING and claimed != device:
                 raise Refusal(
                     "device_mismatch",
-                    f"payload device {claimed!r} does not match the topic's device {device!r}",
+                    f"payload device {shown(claimed)} does not match the topic's device {device!r}",
                 )
         if self.registry:
             devices = self.registry.get(tenant)
             spec = devices.get(device) if devices is not None else None
             if spec is None:
+                owners = self.plan.device_tenants.get(device)
+                if owners:
+                    raise Refusal(
+                        "device_tenant_mismatch",
+                        f"device {device!r} is registered for tenant "
+                        f"{' and '.join(map(repr, owners))}, not for {tenant!r}",
+                    )
                 raise Refusal(
                     "unknown_device", f"device {device!r} is not registered for tenant {tenant!r}"
                 )
@@ -431,7 +509,7 @@ class Normalizer:
         if value is MISSING or value is None:
             return None
         if not isinstance(value, str):
-            raise Refusal("invalid_field", f"{what} {value!r} is not a string")
+            raise Refusal("invalid_field", f"{what} {shown(value)} is not a string")
         return value
 
     # ------------------------------------------------------------------ metrics
@@ -464,7 +542,7 @@ class Normalizer:
         for name, raw in metrics.items():
             if not name or len(name) > self.max_segment:
                 yield Refusal(
-                    "invalid_metric_name", f"metric name {name!r} is empty or too long", name
+                    "invalid_metric_name", f"metric name {shown(name)} is empty or too long", name
                 )
                 continue
             try:
@@ -508,7 +586,7 @@ class Normalizer:
         name = single.name(segments, doc)
         if not isinstance(name, str) or not name or len(name) > self.max_segment:
             raise Refusal(
-                "invalid_metric_name", f"metric name {name!r} is missing, empty or too long"
+                "invalid_metric_name", f"metric name {shown(name)} is missing, empty or too long"
             )
         raw = get_path(doc, single.value_path)
         if raw is MISSING or raw is None:

@@ -10,6 +10,7 @@ them in one go.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,6 +118,9 @@ class Plan:
     commands: tuple[CommandPlan, ...] = ()
     #: ``[[streams]]`` endpoints (bridge.core.stream_plan.EndpointPlan).
     streams: tuple[Any, ...] = ()
+    # The registry read the other way: device -> the tenants it is registered
+    # for, to tell a device of another tenant from an unknown one.
+    device_tenants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class PlanError(Exception):
@@ -382,6 +386,30 @@ def _check_spool(config: Config, errors: _Errors) -> None:
         errors.add("spool.fsync_interval_ms", "must not be negative")
 
 
+# Deeper than this, decoding itself would come near Python's recursion limit.
+MAX_JSON_DEPTH = 512
+
+
+def _check_limits(config: Config, errors: _Errors) -> None:
+    limits = config.limits
+    if not 1 <= limits.max_json_depth <= MAX_JSON_DEPTH:
+        errors.add("limits.max_json_depth", f"must be between 1 and {MAX_JSON_DEPTH}")
+    if limits.max_alarm_series < 1:
+        errors.add("limits.max_alarm_series", "must be at least 1")
+    try:
+        re.compile(limits.identifier_pattern)
+    except re.error as exc:
+        errors.add("limits.identifier_pattern", f"not a regular expression: {exc}")
+
+
+def _device_tenants(config: Config) -> dict[str, tuple[str, ...]]:
+    owners: dict[str, list[str]] = {}
+    for tenant, devices in config.devices.items():
+        for device in devices:
+            owners.setdefault(device, []).append(tenant)
+    return {device: tuple(tenants) for device, tenants in owners.items()}
+
+
 def compile_config(loaded: LoadedConfig) -> Plan:
     """Compile every mapping and check the catalog; raise PlanError listing all
     problems when anything is wrong."""
@@ -400,6 +428,7 @@ def compile_config(loaded: LoadedConfig) -> Plan:
             plans.append(plan)
     _check_catalog(config, errors)
     _check_spool(config, errors)
+    _check_limits(config, errors)
     commands = []
     for index, command in enumerate(config.commands):
         compiled, lines = compile_command(command, f"commands[{index}]")
@@ -418,7 +447,13 @@ def compile_config(loaded: LoadedConfig) -> Plan:
                             f"metric {metric!r} is not in the metric catalog",
                         )
     whole = Plan(
-        config, tuple(plans), dict(config.metrics), dict(config.devices), allowed, tuple(commands)
+        config,
+        tuple(plans),
+        dict(config.metrics),
+        dict(config.devices),
+        allowed,
+        tuple(commands),
+        device_tenants=_device_tenants(config),
     )
     if config.streams:
         from bridge.core.stream_plan import compile_streams  # it builds on this module

@@ -127,7 +127,7 @@ class SparkplugMapper:
         """Tenant, device, record key and headers, by the mapping's rules."""
         normalizer = self.normalizer
         tenant = normalizer._identity(mapping.tenant(segments, {}), "tenant")
-        device = normalizer._identity(mapping.device(segments, {}), "device")
+        device = normalizer._identity(mapping.device(segments, {}), "device", joined=True)
         normalizer._check_identity(mapping, {}, tenant, device)
         key, headers = normalizer._identify(mapping, segments, (topic, tenant, device, 1, delivery))
         return tenant, device, key, headers

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bridge.core.shown import shown
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Plausible event times: 2000-01-01 .. 2100-01-01.  A number outside this range is
 # almost always seconds sent where milliseconds were expected (or the reverse).
@@ -50,37 +52,44 @@ def _to_ms(moment: datetime) -> int:
 
 def _checked(epoch_ms: int, raw: object) -> int:
     if not _MIN_MS <= epoch_ms < _MAX_MS:
-        raise TimestampError(f"{raw!r} is outside 2000-01-01..2100-01-01")
+        raise TimestampError(f"{shown(raw)} is outside 2000-01-01..2100-01-01")
     return epoch_ms
 
 
-def _number(raw: object, what: str) -> float:
+def _number(raw: object, what: str, scale: int) -> int:
+    """A JSON number of ``scale`` milliseconds per unit, as epoch milliseconds.
+
+    The range is checked on the number as sent, before any conversion: an int
+    too large for a float, or a float that becomes infinite when scaled
+    (``1e306`` seconds), would otherwise raise instead of being refused."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise TimestampError(f"expected {what} as a number, got {raw!r}")
-    if not math.isfinite(raw):
-        raise TimestampError(f"expected {what}, got {raw!r}")
-    return raw
+        raise TimestampError(f"expected {what} as a number, got {shown(raw)}")
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise TimestampError(f"expected {what}, got {shown(raw)}")
+    if not _MIN_MS / scale <= raw < _MAX_MS / scale:  # exact for any int, no overflow
+        raise TimestampError(f"{shown(raw)} is outside 2000-01-01..2100-01-01")
+    return int(raw * scale)
 
 
 def parse_epoch_ms(raw: object) -> int:
-    return _checked(int(_number(raw, "epoch milliseconds")), raw)
+    return _number(raw, "epoch milliseconds", 1)
 
 
 def parse_epoch_s(raw: object) -> int:
-    return _checked(int(_number(raw, "epoch seconds") * 1000), raw)
+    return _number(raw, "epoch seconds", 1000)
 
 
 def parse_iso(raw: object) -> int:
     """ISO-8601 with an explicit offset (``Z`` or ``+02:00``); a time without an
     offset is refused because its zone would be a guess."""
     if not isinstance(raw, str):
-        raise TimestampError(f"expected an ISO-8601 string, got {raw!r}")
+        raise TimestampError(f"expected an ISO-8601 string, got {shown(raw)}")
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:
-        raise TimestampError(f"{raw!r} is not ISO-8601") from None
+        raise TimestampError(f"{shown(raw)} is not ISO-8601") from None
     if moment.tzinfo is None:
-        raise TimestampError(f"{raw!r} has no UTC offset")
+        raise TimestampError(f"{shown(raw)} has no UTC offset")
     return _checked(_to_ms(moment), raw)
 
 
@@ -102,11 +111,11 @@ def _strftime_parser(pattern: str, zone: tzinfo) -> Parser:
 
     def parse(raw: object) -> int:
         if not isinstance(raw, str):
-            raise TimestampError(f"expected a string in format {pattern!r}, got {raw!r}")
+            raise TimestampError(f"expected a string in format {pattern!r}, got {shown(raw)}")
         try:
             local = datetime.strptime(raw, pattern)
         except ValueError:
-            raise TimestampError(f"{raw!r} does not match format {pattern!r}") from None
+            raise TimestampError(f"{shown(raw)} does not match format {pattern!r}") from None
         if local.tzinfo is None:
             local = local.replace(tzinfo=zone)
         return _checked(_to_ms(local), raw)

@@ -15,6 +15,8 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.config import AlarmRule, MetricSpec
+from bridge.core.alarms import AlarmEvaluator
 from bridge.io.spool import SpoolStats
 from bridge.metrics import FAMILIES, Sources, build_registry, render
 from bridge.stats import IngestStats
@@ -238,3 +240,17 @@ def test_spool_availability_is_exported_even_when_the_spool_never_opened() -> No
     available = True
     samples, _ = scrape(sources)
     assert value(samples, "edge_bridge_spool_available") == 1
+
+
+def test_internal_errors_and_the_alarm_state_bound_are_exposed() -> None:
+    alarms = AlarmEvaluator({"t": MetricSpec(alarms=[AlarmRule("above", 1.0)])}, max_series=2)
+    for device in ("D1", "D2", "D3"):
+        alarms.observe("t1", device, "t", 0.0, 0, "")
+    stats = IngestStats(internal_errors=4)
+    samples, _ = scrape(mqtt_sources(stats, alarms=lambda: alarms))
+    assert value(samples, "edge_bridge_internal_errors_total") == 4
+    assert value(samples, "edge_bridge_alarm_series") == 2
+    assert value(samples, "edge_bridge_alarm_series_evicted_total") == 1
+    # Without alarm rules the alarm families are absent, not zero.
+    samples, _ = scrape(mqtt_sources(stats, alarms=lambda: AlarmEvaluator({})))
+    assert not any(name.startswith("edge_bridge_alarm_") for name, _ in samples)
