@@ -78,7 +78,7 @@ class StartupError(Exception):
     """The daemon cannot start; the message says what to change."""
 
 
-def _wants_embedded(config: Config) -> bool:
+async def _wants_embedded(config: Config) -> bool:
     mode = config.mqtt.embedded
     if mode == "never":
         return False
@@ -87,7 +87,7 @@ def _wants_embedded(config: Config) -> bool:
         return True
     if (address.host, address.port) not in DEFAULT_LOCAL_BROKERS:
         return False
-    return not port_answers(address.host, address.port)
+    return not await port_answers(address.host, address.port)
 
 
 class Daemon:
@@ -142,7 +142,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._signals, signals, nursery.cancel_scope)
                 mqtt_settings = config.mqtt
-                if _wants_embedded(config):
+                if await _wants_embedded(config):
                     address = parse_mqtt_url(config.mqtt.url)
                     log.info(
                         "mqtt.embedded_broker",

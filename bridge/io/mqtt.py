@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.config import MqttSettings
+from bridge.io.mqtt_keepalive import PINGREQ, Keepalive
 from bridge.io.mqtt_wire import Framer, InboundMessage, MalformedPacket, PahoSocket, puback
 
 log = structlog.get_logger(__name__)
@@ -98,12 +100,21 @@ class MqttClient:
         self._framer = Framer(v5=settings.protocol == "5")
         self._sock: socket.socket | None = None
         self._paho_sock: PahoSocket | None = None
-        self._acks = bytearray()  # PUBACKs not written yet
+        self._acks = bytearray()  # our PUBACKs and PINGREQs not written yet
         self._acks_started = False  # part of _acks is on the wire: finish before paho writes
         self._connack: trio.Event | None = None
         self._connect_error: str | None = None
+        self._session_present = False
+        self._connected_at = 0.0
+        self._keepalive = Keepalive(settings.keepalive_s, time.monotonic())
+        # The SUBSCRIBE sent with each connection: its SUBACK may come late,
+        # behind a resumed session's backlog, and only a refusal in it ends
+        # the connection.
+        self._subscribe_mid: int | None = None
+        self._subscribed = False
+        self._subscribe_refused: list[str] | None = None
+        self._received_before_suback = 0
         self._client = self._make_client()
-        self._wake = trio.Event()
 
     # ------------------------------------------------------------------ setup
     def _make_client(self) -> paho.Client:
@@ -171,11 +182,13 @@ class MqttClient:
             self._connect_error = None
             self._session_present = bool(getattr(flags, "session_present", False))
             if self.subscriptions:
-                client.subscribe(self.subscriptions)
+                _rc, self._subscribe_mid = client.subscribe(self.subscriptions)
+            else:
+                self._subscribed = True
         if self._connack is not None:
             self._connack.set()
 
-    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             log.error(
@@ -184,8 +197,12 @@ class MqttClient:
                 subscriptions=self.subscriptions,
                 hint="check the broker's ACL for this client",
             )
+        if mid != self._subscribe_mid:
+            return  # a reload's SUBSCRIBE: a refusal is logged, the connection stays
+        if failed:
+            self._subscribe_refused = failed
         else:
-            self._subscribed.set()
+            self._subscribed = True
 
     # ------------------------------------------------------------------ public
     def ack(self, generation: int, mid: int) -> None:
@@ -213,6 +230,8 @@ class MqttClient:
                 return
             except OSError:
                 return
+            if sent:
+                self._keepalive.sent(time.monotonic())
             del self._acks[:sent]
             self._acks_started = bool(self._acks) and (sent > 0 or self._acks_started)
 
@@ -259,9 +278,9 @@ class MqttClient:
             log.info("mqtt.subscriptions_changed", added=[t for t, _ in added], removed=removed)
 
     def pause(self) -> None:
-        """Stop reading from the broker (graceful shutdown); writes still go out."""
+        """Stop reading from the broker (graceful shutdown); writes still go out.
+        The read loop then only wakes once per tick, for the keepalive."""
         self.paused = True
-        self._wake.set()
 
     async def disconnect(self) -> None:
         if self.connected:
@@ -276,16 +295,20 @@ class MqttClient:
         ``task_status.started()`` fires after the first subscription is granted."""
         delay = self.settings.reconnect_min_s
         started = False
+
+        def subscribed() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
         while True:
             try:
                 await self._connect()
                 delay = self.settings.reconnect_min_s
-                if not started:
-                    started = True
-                    task_status.started()
-                await self._read_loop()
+                await self._read_loop(subscribed)
             except ConnectionLost as exc:
-                self.connected = False
+                self._close_socket()
                 self.reconnects += 1
                 log.warning(
                     "mqtt.disconnected",
@@ -296,10 +319,25 @@ class MqttClient:
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
+    def _close_socket(self) -> None:
+        """Close a connection given up, at once: left open through the back-off,
+        the broker would go on delivering to it.  (paho closes its wrapper of
+        this socket again at the next connect; closing twice is harmless.)"""
+        self.connected = False
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     async def _connect(self) -> None:
+        """Connect and wait for the CONNACK; the SUBSCRIBE goes out with it and
+        its SUBACK is awaited by the read loop, which meanwhile processes what
+        a resumed session delivers."""
         addr = self.address
         self._connack = trio.Event()
-        self._subscribed = trio.Event()
+        self._subscribe_mid = None
+        self._subscribed = False
+        self._subscribe_refused = None
+        self._received_before_suback = 0
         try:
             await trio.to_thread.run_sync(self._blocking_connect)
         except (OSError, ssl.SSLError, ValueError) as exc:
@@ -327,8 +365,8 @@ class MqttClient:
             raise ConnectionLost(f"{addr} refused the connection: {self._connect_error}")
         self.generation += 1
         self.connected = True
+        self._connected_at = time.monotonic()
         self._client.loop_write()
-        self._deliver()  # messages of a resumed session that came with the CONNACK
         log.info(
             "mqtt.connected",
             broker=str(addr),
@@ -337,13 +375,7 @@ class MqttClient:
             session_present=self._session_present,
             subscriptions=[s for s, _ in self.subscriptions],
         )
-        with trio.move_on_after(max(self.settings.keepalive_s, 5)):
-            while not self._subscribed.is_set():
-                self._client.loop_write()
-                await trio.lowlevel.wait_readable(sock)
-                self._read_burst()
-        if not self._subscribed.is_set():
-            raise ConnectionLost(f"{addr} did not grant the subscriptions")
+        self._deliver()  # messages of a resumed session that came with the CONNACK
 
     def _blocking_connect(self) -> None:
         """DNS lookup and TCP/TLS connect: blocking, so it runs in a worker thread."""
@@ -369,6 +401,7 @@ class MqttClient:
         self._paho_sock = PahoSocket(sock)
         self._client._sock = self._paho_sock
         self._framer = Framer(v5=self.settings.protocol == "5")
+        self._keepalive = Keepalive(self.settings.keepalive_s, time.monotonic())
         self._inbox = []
         self._acks.clear()
         self._acks_started = False
@@ -376,7 +409,8 @@ class MqttClient:
 
     def _receive(self) -> None:
         """Read what the socket has (a few large reads), decode the PUBLISH
-        packets into the inbox and let paho handle every other packet."""
+        packets into the inbox and let paho handle every other packet.  Any
+        byte read counts as a sign of life for the keepalive."""
         sock, paho_sock, client = self._sock, self._paho_sock, self._client
         assert sock is not None and paho_sock is not None
         for _ in range(READS_PER_WAKEUP):
@@ -388,6 +422,7 @@ class MqttClient:
                 raise ConnectionLost(f"read failed: {exc}") from None
             if not data:
                 raise ConnectionLost("the broker closed the connection")
+            self._keepalive.received(time.monotonic())
             try:
                 messages, other = self._framer.feed(data)
             except MalformedPacket as exc:
@@ -413,36 +448,76 @@ class MqttClient:
     def _deliver(self) -> None:
         if self._inbox:
             batch, self._inbox = self._inbox, []
+            if not self._subscribed:
+                self._received_before_suback += len(batch)
             self.on_batch(batch, self.generation)
 
-    async def _read_loop(self) -> None:
-        client = self._client
+    async def _read_loop(self, subscribed: Callable[[], None]) -> None:
         sock = self._sock
         assert sock is not None
         tick = max(min(self.settings.keepalive_s / 4, 1.0), 0.05)
+        announced = False
         while True:
             if self._writes_pending():
                 with trio.move_on_after(tick):
                     await trio.lowlevel.wait_writable(sock)
                 self.flush_writes()
             if self.paused:
-                with trio.move_on_after(tick):
-                    await self._wake.wait()
+                # Nothing to read any more: wake once per tick for the keepalive.
+                await trio.sleep(tick)
             else:
                 # TLS may hold decrypted bytes the descriptor no longer shows.
                 if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                     with trio.move_on_after(tick):
                         await trio.lowlevel.wait_readable(sock)
                 self._read_burst()
-            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise ConnectionLost("keepalive timed out")
+            if not announced:
+                announced = self._check_subscription(subscribed)
+            self._keep_alive()
             self.flush_writes()
 
+    def _check_subscription(self, subscribed: Callable[[], None]) -> bool:
+        """After the connection's SUBACK: True, and ``subscribed()`` called.  A
+        refusal in it ends the connection; a late one does not, as long as the
+        connection is alive (a resumed session's backlog arrives before it)."""
+        if self._subscribe_refused is not None:
+            raise ConnectionLost(
+                f"{self.address} refused the subscriptions: {', '.join(self._subscribe_refused)}"
+            )
+        if not self._subscribed:
+            return False
+        log.info(
+            "mqtt.subscribed",
+            after_s=round(time.monotonic() - self._connected_at, 3),
+            messages_before=self._received_before_suback,
+        )
+        subscribed()
+        return True
 
-def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Whether something accepts TCP connections at host:port (blocking)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    def _keep_alive(self) -> None:
+        """Ping when due; give the connection up when a ping went unanswered and
+        nothing else arrived for a whole interval (see mqtt_keepalive).  While
+        paused nothing is read, so silence proves nothing then."""
+        now = time.monotonic()
+        keepalive = self._keepalive
+        if keepalive.expired(now) and not self.paused:
+            raise ConnectionLost(
+                f"keepalive timed out: nothing received for {keepalive.silent_for(now):.1f} s"
+            )
+        if keepalive.ping_due(now):
+            keepalive.pinged(now)
+            self._acks += PINGREQ
+
+
+async def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections at host:port within ``timeout``
+    seconds.  Async: the daemon asks this at start, on the loop that already
+    serves the listen address."""
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False

@@ -2,7 +2,7 @@
 the daemon as a subprocess, MQTT clients and deadline-bounded waiting."""
 
 from .bridge_process import BridgeProcess, OutputLine, write_config
-from .kafka import KafkaRecord, kafka_read
+from .kafka import KafkaRecord, kafka_count, kafka_read
 from .mosquitto import Mosquitto
 from .mqtt import MqttSubscriber, ReceivedMessage, parse_mqtt_url, publish_many
 from .tansu import Tansu
@@ -18,6 +18,7 @@ __all__ = [
     "Tansu",
     "async_wait_until",
     "free_port",
+    "kafka_count",
     "kafka_read",
     "parse_mqtt_url",
     "port_open",

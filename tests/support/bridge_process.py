@@ -175,13 +175,20 @@ class BridgeProcess:
         """
         if self._proc.poll() is None:
             self._proc.send_signal(signal)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        """Wait for an exit already under way (a signal sent earlier) and
+        return its code; a second signal would be a forced exit.
+
+        A daemon still running after `timeout` is killed and the test fails.
+        """
         try:
             code = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(
-                f"bridge did not exit within {timeout:g} s of signal {signal}; killed\n"
-                f"{self.output_tail()}"
+                f"bridge did not exit within {timeout:g} s; killed\n{self.output_tail()}"
             ) from None
         self._join_readers()
         return code

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -25,6 +27,8 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+
+T = TypeVar("T")
 
 #: After the expected count is reached, how long to keep reading. See kafka_read.
 DUPLICATE_GRACE = 0.5
@@ -70,6 +74,33 @@ def kafka_read(
     first produce): its metadata is polled within the same deadline. With
     `expected=0` a topic that never appears reads as empty.
     """
+    records = _read(bootstrap, topic, expected, timeout, grace, _record)
+    return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+def kafka_count(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    identify: Callable[[bytes], Hashable],
+    timeout: float = 60.0,
+) -> Counter[Hashable]:
+    """How many times each identity (``identify(value)``) occurs in ``topic``;
+    read as :func:`kafka_read` reads.  For topics of hundreds of thousands of
+    records, where keeping every record would cost hundreds of megabytes."""
+    return Counter(
+        _read(bootstrap, topic, expected, timeout, DUPLICATE_GRACE, lambda m: identify(_value(m)))
+    )
+
+
+def _read(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float,
+    grace: float,
+    convert: Callable[[Message], T],
+) -> list[T]:
     deadline = time.monotonic() + timeout
     consumer = Consumer(
         {
@@ -86,14 +117,16 @@ def kafka_read(
         if not partitions:
             return []
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        records: list[KafkaRecord] = []
+        records: list[T] = []
         while len(records) < expected and time.monotonic() < deadline:
-            records.extend(_consume(consumer, min(0.2, deadline - time.monotonic())))
+            records.extend(_consume(consumer, min(0.2, deadline - time.monotonic()), convert))
         if len(records) >= expected:
             drain_until = time.monotonic() + grace
             while time.monotonic() < drain_until:
-                records.extend(_consume(consumer, min(0.1, drain_until - time.monotonic())))
-        return sorted(records, key=lambda r: (r.partition, r.offset))
+                records.extend(
+                    _consume(consumer, min(0.1, drain_until - time.monotonic()), convert)
+                )
+        return records
     finally:
         consumer.close()
 
@@ -126,14 +159,14 @@ def _wait_for_partitions(
         time.sleep(0.05)
 
 
-def _consume(consumer: Consumer, timeout: float) -> list[KafkaRecord]:
-    records: list[KafkaRecord] = []
+def _consume(consumer: Consumer, timeout: float, convert: Callable[[Message], T]) -> list[T]:
+    records: list[T] = []
     if timeout <= 0:
         return records
     for message in consumer.consume(num_messages=1000, timeout=timeout):
         error = message.error()
         if error is None:
-            records.append(_record(message))
+            records.append(convert(message))
         elif error.code() not in _TRANSIENT:
             raise AssertionError(f"reading {message.topic()}: {error}")
     return records
@@ -155,6 +188,10 @@ def _record(message: Message) -> KafkaRecord:
         partition=partition,
         offset=offset,
         key=message.key(),
-        value=message.value() or b"",
+        value=_value(message),
         headers=headers,
     )
+
+
+def _value(message: Message) -> bytes:
+    return message.value() or b""

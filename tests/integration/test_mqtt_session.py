@@ -1,0 +1,218 @@
+"""The MQTT client's session rules against a scripted broker, in-process: the
+cases mosquitto cannot be made to produce on purpose.
+
+mosquitto 2.0 grants every subscription an ACL forbids (it just never
+delivers), and sends the SUBACK as soon as it can; the broker here is a
+trio server speaking raw MQTT 3.1.1 that sends what the test scripts: a
+resumed session's messages with no SUBACK and no PINGRESP for several
+keepalive intervals, then a SUBACK that grants or refuses.  The client under
+test is the real one, paho included.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+
+from bridge.config import MqttSettings
+from bridge.io.mqtt import MqttClient, port_answers
+from bridge.io.mqtt_wire import InboundMessage
+
+KEEPALIVE_S = 1
+FILTER = "tenant/+/device/+/telemetry"
+
+
+class PacketReader:
+    """Whole MQTT packets from a stream: (first byte, body)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def _fill(self, size: int) -> bool:
+        while len(self.buffer) < size:
+            data = await self.stream.receive_some(65_536)
+            if not data:
+                return False
+            self.buffer += data
+        return True
+
+    async def packet(self) -> tuple[int, bytes] | None:
+        """The next packet, or None at the end of the stream."""
+        if not await self._fill(2):
+            return None
+        length, shift, pos = 0, 0, 1
+        while True:
+            if not await self._fill(pos + 1):
+                return None
+            byte = self.buffer[pos]
+            length |= (byte & 0x7F) << shift
+            pos += 1
+            if not byte & 0x80:
+                break
+            shift += 7
+        if not await self._fill(pos + length):
+            return None
+        first, body = self.buffer[0], bytes(self.buffer[pos : pos + length])
+        del self.buffer[: pos + length]
+        return first, body
+
+
+def _publish(seq: int) -> bytes:
+    topic = f"tenant/t1/device/D{seq % 4}/telemetry".encode()
+    body = len(topic).to_bytes(2, "big") + topic + (seq % 65_535 + 1).to_bytes(2, "big")
+    body += b'{"n":%d}' % seq
+    return bytes([0x32, len(body)]) + body
+
+
+class ScriptedBroker:
+    """Accepts one connection, resumes its session, floods it with QoS 1
+    messages for ``before_s`` seconds without answering SUBSCRIBE or PINGREQ,
+    then sends the SUBACK with ``suback_code`` and goes on flooding for
+    ``after_s`` seconds, never answering a PINGREQ."""
+
+    def __init__(self, *, before_s: float, suback_code: int, after_s: float = 0) -> None:
+        self.before_s = before_s
+        self.after_s = after_s
+        self.suback_code = suback_code
+        self.sent = 0
+        self.pubacks = 0
+        self.pingreqs = 0
+        self.suback_sent_at: float | None = None
+        self.closed_by_client_at: float | None = None
+        self.done = False
+        self.port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        stream = await listeners[0].accept()
+        reader = PacketReader(stream)
+        connect = await reader.packet()
+        assert connect is not None and connect[0] == 0x10
+        await stream.send_all(b"\x20\x02\x01\x00")  # CONNACK: session present, accepted
+        subscribe = await reader.packet()
+        assert subscribe is not None and subscribe[0] == 0x82
+        packet_id = subscribe[1][:2]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._count_replies, reader)
+            await self._flood(stream, self.before_s)
+            await stream.send_all(b"\x90\x03" + packet_id + bytes([self.suback_code]))
+            self.suback_sent_at = time.monotonic()
+            await self._flood(stream, self.after_s)
+            self.done = True
+
+    async def _flood(self, stream: trio.SocketStream, seconds: float) -> None:
+        deadline = trio.current_time() + seconds
+        while trio.current_time() < deadline:
+            await stream.send_all(b"".join(_publish(self.sent + i) for i in range(50)))
+            self.sent += 50
+            await trio.sleep(0.005)  # pacing: a steady flow, not a benchmark
+
+    async def _count_replies(self, reader: PacketReader) -> None:
+        while (packet := await reader.packet()) is not None:
+            first, _body = packet
+            if first == 0x40:
+                self.pubacks += 1
+            elif first == 0xC0:
+                self.pingreqs += 1
+        self.closed_by_client_at = time.monotonic()
+
+
+def _client(port: int, received: list[InboundMessage]) -> MqttClient:
+    settings = MqttSettings(
+        url=f"mqtt://127.0.0.1:{port}",
+        client_id="session-test",
+        protocol="3.1.1",
+        keepalive_s=KEEPALIVE_S,
+        reconnect_min_s=30,
+    )
+
+    def on_batch(messages: list[InboundMessage], generation: int) -> None:
+        received.extend(messages)
+        for message in messages:
+            client.ack(generation, message.mid)
+        client.flush_writes()
+
+    client = MqttClient(settings, [(FILTER, 1)], on_batch)
+    return client
+
+
+async def test_messages_before_a_late_suback_are_processed_and_the_connection_kept() -> None:
+    # Longer than the 5 s the client once waited for a SUBACK before it gave
+    # the connection up, then three keepalive intervals with PINGREQs unanswered.
+    broker = ScriptedBroker(before_s=5.5, suback_code=0x01, after_s=3 * KEEPALIVE_S)
+    received: list[InboundMessage] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.serve)
+        client = _client(broker.port, received)
+        # started() fires only once the SUBACK granted the subscription.
+        with trio.fail_after(20):
+            await nursery.start(client.run)
+        assert broker.suback_sent_at is not None
+        with trio.fail_after(10):
+            while not broker.done or broker.pubacks < broker.sent:
+                await trio.sleep(0.01)
+        assert client.reconnects == 0 and client.connected
+        assert broker.closed_by_client_at is None
+        nursery.cancel_scope.cancel()
+    assert len(received) == broker.sent > 0
+
+
+async def test_a_suback_that_refuses_ends_the_connection() -> None:
+    broker = ScriptedBroker(before_s=0.2, suback_code=0x80)
+    received: list[InboundMessage] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.serve)
+        client = _client(broker.port, received)
+        nursery.start_soon(client.run)
+        with trio.fail_after(10):
+            while broker.closed_by_client_at is None:
+                await trio.sleep(0.01)
+        assert broker.suback_sent_at is not None
+        assert broker.closed_by_client_at >= broker.suback_sent_at
+        assert client.reconnects == 1 and not client.connected
+        nursery.cancel_scope.cancel()
+    assert len(received) == broker.sent
+
+
+async def test_a_paused_client_does_not_spin() -> None:
+    """Graceful stop: pause() must leave the read loop waiting, not waking at
+    once forever (it once spun a whole core for the flush deadline)."""
+    broker = ScriptedBroker(before_s=0, suback_code=0x01)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.serve)
+        client = _client(broker.port, [])
+        with trio.fail_after(10):
+            await nursery.start(client.run)
+        client.pause()
+        cpu, wall = time.process_time(), time.monotonic()
+        await trio.sleep(1.5)  # the window whose CPU time is measured
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        assert client.connected
+        nursery.cancel_scope.cancel()
+    assert cpu < 0.2 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s paused"
+
+
+async def test_port_answers_without_blocking_the_loop() -> None:
+    """The daemon asks at start whether a broker answers at the default
+    address; the question is awaited, so the loop serves other tasks meanwhile."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        assert await port_answers("127.0.0.1", port)
+        await listeners[0].aclose()
+        assert not await port_answers("127.0.0.1", port)
+        nursery.cancel_scope.cancel()
+    assert ticks > 0
