@@ -71,6 +71,7 @@ class RecordSink(Protocol):
         self, topic: str, partition: int, offset: int, value: bytes | None, sent_at: str
     ) -> None: ...
 
+
 log = structlog.get_logger(__name__)
 
 KafkaState = Literal["connecting", "ok", "down", "disabled"]

@@ -12,6 +12,7 @@ test is the real one, paho included.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import trio
 
@@ -66,23 +67,23 @@ def _publish(seq: int) -> bytes:
     return bytes([0x32, len(body)]) + body
 
 
+@dataclass
 class ScriptedBroker:
     """Accepts one connection, resumes its session, floods it with QoS 1
     messages for ``before_s`` seconds without answering SUBSCRIBE or PINGREQ,
     then sends the SUBACK with ``suback_code`` and goes on flooding for
     ``after_s`` seconds, never answering a PINGREQ."""
 
-    def __init__(self, *, before_s: float, suback_code: int, after_s: float = 0) -> None:
-        self.before_s = before_s
-        self.after_s = after_s
-        self.suback_code = suback_code
-        self.sent = 0
-        self.pubacks = 0
-        self.pingreqs = 0
-        self.suback_sent_at: float | None = None
-        self.closed_by_client_at: float | None = None
-        self.done = False
-        self.port = 0
+    before_s: float
+    suback_code: int
+    after_s: float = 0
+    sent: int = 0
+    pubacks: int = 0
+    pingreqs: int = 0
+    suback_sent_at: float | None = None
+    closed_by_client_at: float | None = None
+    done: bool = False
+    port: int = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

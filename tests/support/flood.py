@@ -17,13 +17,16 @@ import threading
 import time
 from collections.abc import Callable
 
+from bench.mqtt_load import connect_packet
+
 #: Packets per sendall().
 BURST = 500
 #: Messages a connection may have sent and not seen acknowledged.
 WINDOW = 20_000
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """MQTT's variable byte integer (remaining lengths, property lengths)."""
     out = bytearray()
     while True:
         n, byte = divmod(n, 128)
@@ -32,19 +35,10 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: bytes) -> bytes:
-    return len(text).to_bytes(2, "big") + text
-
-
-def _connect_packet(client_id: str) -> bytes:
-    # MQTT 3.1.1, clean session, keep-alive 0.
-    body = _string(b"MQTT") + b"\x04\x02\x00\x00" + _string(client_id.encode())
-    return b"\x10" + _varint(len(body)) + body
-
-
 def publish_qos1_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
-    body = _string(topic.encode()) + packet_id.to_bytes(2, "big") + payload
-    return b"\x32" + _varint(len(body)) + body
+    name = topic.encode()
+    body = len(name).to_bytes(2, "big") + name + packet_id.to_bytes(2, "big") + payload
+    return b"\x32" + varint(len(body)) + body
 
 
 class _Connection:
@@ -52,7 +46,7 @@ class _Connection:
 
     def __init__(self, host: str, port: int, client_id: str) -> None:
         self.sock = socket.create_connection((host, port), timeout=30)
-        self.sock.sendall(_connect_packet(client_id))
+        self.sock.sendall(connect_packet(client_id))  # MQTT 3.1.1, keep-alive 0
         connack = self.sock.recv(4)
         if connack[:2] != b"\x20\x02" or connack[3:4] != b"\x00":
             raise AssertionError(f"{client_id}: broker refused CONNECT: {connack!r}")

@@ -11,15 +11,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.io.mqtt_wire import Framer, MalformedPacket, PahoSocket, puback
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, byte = divmod(n, 128)
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from tests.support.flood import varint
 
 
 def _publish_packet(
@@ -39,7 +31,7 @@ def _publish_packet(
     if v5:
         body += properties.pack() if properties is not None else b"\x00"
     body += payload
-    return bytes([0x30 | qos << 1 | int(retain)]) + _varint(len(body)) + body
+    return bytes([0x30 | qos << 1 | int(retain)]) + varint(len(body)) + body
 
 
 def test_decodes_qos1_and_qos0_publish_of_mqtt_311() -> None:
