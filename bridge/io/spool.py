@@ -155,6 +155,7 @@ READ_ATTEMPTS = 5
 """Failed reads (EIO) at one position before its segment is given up."""
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_GONE = "the spool directory was removed or replaced"
 
 
 class FileOps:
@@ -232,7 +233,9 @@ class SpoolUnavailable(SpoolError):
 
     @classmethod
     def from_os_error(cls, exc: OSError) -> SpoolUnavailable:
-        return cls(describe(exc), no_space=exc.errno in _NO_SPACE, gone=exc.errno == errno.ENOENT)
+        if exc.errno == errno.ENOENT:  # a file of the spool, or the spool itself, is gone
+            return cls(f"{_GONE} (ENOENT)", gone=True)
+        return cls(describe(exc), no_space=exc.errno in _NO_SPACE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,8 +608,7 @@ class Spool:
         except FileNotFoundError:
             now = None
         if now is None or (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
-            gone = "the spool directory was removed or replaced"
-            raise OSError(errno.ENOENT, gone, str(self._dir))
+            raise OSError(errno.ENOENT, _GONE, str(self._dir))
 
     def _fail(self, exc: OSError) -> SpoolUnavailable:
         self._rollback()
@@ -893,7 +895,9 @@ class Spool:
         except SpoolUnavailable as exc:
             log.warning("spool.closed_unsynced", path=str(self._dir), reason=exc.reason)
         with self._lock:
+            pending = self._next_seq - self._first_undelivered()
             self._close_fds()
+        log.info("spool.closed", path=str(self._dir), records_pending=pending)
 
     def _close_fds(self) -> None:
         if self._reader is not None:

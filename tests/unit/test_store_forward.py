@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,40 @@ async def test_a_spool_that_could_not_be_opened_is_opened_later(
         assert forwarder.active, "what the spool holds drains before new records go to Kafka"
         nursery.cancel_scope.cancel()
     forwarder.close()
+
+
+async def test_a_removed_spool_directory_is_made_again_and_used(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+
+    def open_spool() -> Spool:
+        return Spool(path, max_bytes=2 * SEGMENT, segment_bytes=SEGMENT, when_full="backpressure")
+
+    producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
+    forwarder = StoreAndForward(
+        open_spool(), producer, IngestStats(), fsync_interval_s=0, open_spool=open_spool
+    )
+    forwarder.retry_s = FAST_RETRY
+    released = Released()
+    forwarder.on_release = released
+    forwarder.activate("test: Kafka is down")
+    shutil.rmtree(path)
+    lost = Message()
+    forwarder.put(record(0), lost)
+    with capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forwarder.run)
+            await async_wait_until(
+                lambda: forwarder.unavailable is None and path.is_dir(), 10, "a new spool directory"
+            )
+            assert lost.stored_records == 0, "a record in a removed directory is not stored"
+            assert released.keys == [b"k0"], "handed to Kafka instead"
+            forwarder.activate("test: Kafka is down again")
+            kept = Message()
+            forwarder.put(record(1), kept)
+            await async_wait_until(lambda: kept.stored_records, 5, "a record in the new spool")
+            nursery.cancel_scope.cancel()
+    forwarder.close()
+    unavailable = [e for e in logs if e["event"] == "spool.unavailable"]
+    assert "removed" in unavailable[0]["reason"]
+    with open_spool() as reopened:
+        assert reopened.stats().records_pending == 1
