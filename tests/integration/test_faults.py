@@ -23,11 +23,11 @@ from tests.integration.conftest import BridgeSetup
 from tests.support import BridgeProcess, Tansu, publish_many, wait_until
 from tests.support.sequenced import (
     ACKED,
-    QOS0_DROPPED,
     SequencePublisher,
     Tally,
     check_delivered,
     daemon_metric,
+    qos0_burst_dropped,
     raw_seq,
     report,
     sequence_payload,
@@ -182,7 +182,6 @@ def test_spool_full_backpressure_loses_nothing(
     messages meanwhile, which nothing can hold back, are dropped and counted
     rather than piled up in the bridge's memory."""
     bridge = start(fault_config(setup, spool=TINY_SPOOL + 'when_full = "backpressure"'))
-    qos0 = [(sequence_topic(n), sequence_payload(n), 0) for n in range(10**6, 10**6 + 1000)]
     try:
         with publisher(setup) as pub:
             pub.wait_published(RATE)
@@ -190,12 +189,7 @@ def test_spool_full_backpressure_loses_nothing(
             setup.tansu.pause()
             try:
                 bridge.wait_for_event("spool.full", timeout=30, since=mark)
-                publish_many(setup.mosquitto.url, qos0)
-                wait_until(
-                    lambda: daemon_metric(setup.listen_port, QOS0_DROPPED) > 0,
-                    10,
-                    "QoS 0 records dropped while the spool is full",
-                )
+                qos0_burst_dropped(setup.mosquitto.url, setup.listen_port, 1000)
                 pub.wait_published(pub.published + 3 * RATE)  # held by mosquitto
             finally:
                 setup.tansu.resume()

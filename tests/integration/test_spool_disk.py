@@ -27,15 +27,13 @@ import pytest
 
 from tests.integration.conftest import BridgeSetup
 from tests.integration.test_faults import FAST_TIMEOUT_MS, fault_config, start
-from tests.support import BridgeProcess, publish_many, wait_until
+from tests.support import BridgeProcess, wait_until
 from tests.support.sequenced import (
     ACKED,
-    QOS0_DROPPED,
     SequencePublisher,
     check_delivered,
     daemon_metric,
-    sequence_payload,
-    sequence_topic,
+    qos0_burst_dropped,
     settle,
 )
 from tests.support.sequenced import tally as kafka_tally
@@ -117,14 +115,12 @@ def test_disk_full_while_kafka_is_frozen_then_space_freed(
     with small_disk(setup.workdir / "spool") as disk:
         filler = fill(disk, FREE)
         bridge = start(fault_config(setup, spool=SPOOL))
-        qos0 = [(sequence_topic(n), sequence_payload(n), 0) for n in range(10**6, 10**6 + 500)]
         port = setup.listen_port
         try:
             with publisher(setup) as pub:
                 pub.wait_published(RATE)
                 mark = bridge.mark()
-                setup.tansu.pause()
-                try:
+                with setup.tansu.frozen():
                     bridge.wait_for_event("spool.active", timeout=20, since=mark)
                     full = bridge.wait_for_event("spool.unavailable", timeout=30, since=mark)
                     assert "ENOSPC" in full["reason"], full
@@ -134,12 +130,7 @@ def test_disk_full_while_kafka_is_frozen_then_space_freed(
                     said = body.get("reasons" if status == 503 else "warnings", [])
                     assert f"spool: unavailable: {full['reason']}" in said, body
                     assert daemon_metric(port, AVAILABLE) == 0
-                    publish_many(setup.mosquitto.url, qos0)
-                    wait_until(
-                        lambda: daemon_metric(port, QOS0_DROPPED) > 0,
-                        10,
-                        "QoS 0 records dropped while the disk is full",
-                    )
+                    qos0_burst_dropped(setup.mosquitto.url, port, 500)
                     pub.wait_published(pub.published + RATE)  # held by mosquitto meanwhile
                     acked = daemon_metric(port, ACKED)
                     filler.unlink()  # space freed, Kafka still frozen
@@ -149,8 +140,6 @@ def test_disk_full_while_kafka_is_frozen_then_space_freed(
                         30,
                         "acknowledgements from the spool again while Kafka is frozen",
                     )
-                finally:
-                    setup.tansu.resume()
                 pub.wait_published(pub.published + 2 * RATE)
                 sent = pub.stop()
             assert bridge.returncode is None, bridge.output_tail()
@@ -201,8 +190,7 @@ def test_read_only_spool_at_start(setup: BridgeSetup, request: pytest.FixtureReq
                 run("mount", "-o", "remount,rw", str(disk))
                 bridge.wait_for_event("spool.available", timeout=30, since=mark)
                 assert daemon_metric(port, AVAILABLE) == 1
-                setup.tansu.pause()
-                try:
+                with setup.tansu.frozen():
                     bridge.wait_for_event("spool.active", timeout=20, since=mark)
                     acked = daemon_metric(port, ACKED)
                     wait_until(
@@ -210,8 +198,6 @@ def test_read_only_spool_at_start(setup: BridgeSetup, request: pytest.FixtureReq
                         30,
                         "acknowledgements from the spool while Kafka is frozen",
                     )
-                finally:
-                    setup.tansu.resume()
                 pub.wait_published(pub.published + RATE)
                 sent = pub.stop()
             assert bridge.returncode is None, bridge.output_tail()

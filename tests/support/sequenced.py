@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from .bridge_process import BridgeProcess
 from .kafka import KafkaRecord, kafka_read
-from .mqtt import parse_mqtt_url
+from .mqtt import parse_mqtt_url, publish_many
 from .waiting import wait_until
 
 #: Devices the sequence is spread over, so records use several Kafka keys and
@@ -254,6 +254,19 @@ ACKED = "edge_bridge_mqtt_messages_acked_total"
 
 QOS0_DROPPED = "edge_bridge_qos0_records_dropped_total"
 """The daemon's count of QoS 0 records it dropped (nowhere to put them)."""
+
+
+def qos0_burst_dropped(url: str, port: int, count: int) -> None:
+    """Publish ``count`` QoS 0 messages (numbers from 10**6 on, outside any
+    sequence a test counts) and wait until the daemon has dropped some: while
+    the spool refuses records, nothing holds QoS 0 back at the broker."""
+    burst = [(sequence_topic(n), sequence_payload(n), 0) for n in range(10**6, 10**6 + count)]
+    publish_many(url, burst)
+    wait_until(
+        lambda: daemon_metric(port, QOS0_DROPPED) > 0,
+        10,
+        "QoS 0 records dropped while the spool refuses records",
+    )
 
 
 def report(request: pytest.FixtureRequest, line: str) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .process import ServerProcess
@@ -63,3 +65,12 @@ class Tansu(ServerProcess):
     def resume(self) -> None:
         """Let a paused broker run again (SIGCONT), with all its data."""
         self.send_signal(signal.SIGCONT)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Paused for the duration of the block, resumed however it ends."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
