@@ -32,9 +32,12 @@ def tansu_binary() -> Path:
 class Tansu(ServerProcess):
     """One Tansu broker on 127.0.0.1 on a free port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, advertised_port: int | None = None) -> None:
+        """``advertised_port``: the port clients are told to connect to after
+        bootstrapping, for a broker reached through a proxy (TcpProxy)."""
         host, port = "127.0.0.1", free_port()
         url = f"tcp://{host}:{port}"
+        advertised = f"tcp://{host}:{advertised_port or port}"
         super().__init__(
             "tansu",
             [
@@ -45,7 +48,7 @@ class Tansu(ServerProcess):
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                advertised,
                 "--storage-engine",
                 "memory://tansu/",
             ],
