@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 import jwt
 import structlog
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from bridge.config import AuthSettings
+from bridge.config import AuthSettings, read_problem
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +85,35 @@ def _is_hmac(algorithm: str) -> bool:
     return algorithm.startswith("HS")
 
 
+def load_public_key(path: Path) -> Any:
+    """The PEM public key in ``path``.  Whatever is wrong with the file
+    (missing, a directory, unreadable, empty, truncated, not a key, a key
+    type the library cannot use) is an :class:`AuthConfigError` naming it,
+    never another exception: a reload reads this file while the daemon runs."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise AuthConfigError(f"auth.public_key_file: {path}: {read_problem(exc)}") from None
+    try:
+        return load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        reason = "empty file" if not data.strip() else "not a PEM public key"
+        raise AuthConfigError(f"auth.public_key_file: {path}: {reason}") from None
+
+
+def _check_key_fits(algorithm: str, key: Any, path: Path) -> None:
+    """PyJWT raises TypeError, not an invalid-token error, when a token's
+    algorithm does not fit the key (ES256 with an RSA key): refuse such a
+    pairing in the config instead of failing on the first such token."""
+    try:
+        jwt.get_algorithm_by_name(algorithm).prepare_key(key)
+    except (jwt.PyJWTError, TypeError, ValueError):
+        raise AuthConfigError(
+            f"auth.algorithms: {algorithm} cannot use the {type(key).__name__} in {path}: "
+            "list only the algorithms of the key's type"
+        ) from None
+
+
 class Authenticator:
     """Verifies tokens with the keys loaded once from the settings.
 
@@ -103,21 +133,29 @@ class Authenticator:
         self._public_key: Any = None
         if settings.public_key_file:
             path = Path(settings.public_key_file)
-            try:
-                self._public_key = load_pem_public_key(path.read_bytes())
-            except (OSError, ValueError) as exc:
-                raise AuthConfigError(f"auth.public_key_file: {path}: {exc}") from None
+            self._public_key = load_public_key(path)
+            for algorithm in settings.algorithms:
+                if not _is_hmac(algorithm):
+                    _check_key_fits(algorithm, self._public_key, path)
+        # (event, hint) pairs: logged by whoever puts this authenticator to
+        # use, printed by check-config, which builds one only to check it.
+        self.warnings: list[tuple[str, str]] = []
         if self._secret is not None and len(self._secret.encode()) < MIN_SECRET_BYTES:
-            log.warning(
-                "auth.weak_secret",
-                hint=f"use an HMAC secret of at least {MIN_SECRET_BYTES} bytes",
+            self.warnings.append(
+                ("auth.weak_secret", f"use an HMAC secret of at least {MIN_SECRET_BYTES} bytes")
             )
         if not self.configured:
-            log.warning(
-                "auth.no_key",
-                hint=f"every stream connection is refused until auth.jwt_secret, {SECRET_ENV} "
-                "or auth.public_key_file is set",
+            self.warnings.append(
+                (
+                    "auth.no_key",
+                    f"every stream connection is refused until auth.jwt_secret, {SECRET_ENV} "
+                    "or auth.public_key_file is set",
+                )
             )
+
+    def log_warnings(self) -> None:
+        for event, hint in self.warnings:
+            log.warning(event, hint=hint)
 
     @property
     def configured(self) -> bool:

@@ -16,13 +16,12 @@ from pathlib import Path
 import msgspec
 import trio
 
-from bridge.config import Config, ConfigError, LoadedConfig, apply_overrides, load_config
+from bridge.config import ConfigError, LoadedConfig, load_config
 from bridge.config_watch import DEFAULT_INTERVAL_S, Watch
 from bridge.core.plan import Plan, PlanError, compile_config
 from bridge.core.trial import try_message
-from bridge.io.http import ListenError, parse_listen
-from bridge.io.mqtt import parse_mqtt_url
 from bridge.logs import configure
+from bridge.runtime import Runtime, build_runtime, host_problems
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -68,12 +67,23 @@ def _print_errors(errors: list[str]) -> None:
 
 
 def _check_config(path: str) -> int:
+    """Every check ``run`` makes short of connecting (bridge.runtime), with
+    the environment's overrides, as ``run`` would see them."""
+    environ = dict(os.environ)
     try:
-        _, plan = _load(path)
-    except (ConfigError, PlanError) as exc:
+        runtime = build_runtime(path, {}, environ)
+    except ConfigError as exc:
         _print_errors(exc.errors)
         print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
         return EXIT_CONFIG
+    found = host_problems(runtime, environ)
+    for line in found.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if found.errors:
+        _print_errors(found.errors)
+        print(f"{path}: {len(found.errors)} error(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    plan = runtime.plan
     names = ", ".join(f"{m.name} ({m.subscription})" for m in plan.mappings)
     print(f"{path}: ok: {len(plan.mappings)} mapping(s): {names}")
     return 0
@@ -103,15 +113,11 @@ def _run(args: argparse.Namespace) -> int:
         "listen": args.listen,
     }
 
-    def load() -> tuple[Config, Plan]:
-        """The effective config: file, then environment, then flags.  Called
-        again on SIGHUP, so a reload sees the same overrides as the start."""
-        loaded = load_config(path)
-        config = apply_overrides(loaded.config, flags, dict(os.environ))
-        problem = _address_problem(config)
-        if problem:
-            raise ConfigError([problem])
-        return config, compile_config(LoadedConfig(config, loaded.origins))
+    def load() -> Runtime:
+        """The effective config (file, then environment, then flags) and all
+        that is built from it.  Called again on every reload, so a reload sees
+        the same overrides as the start and is checked as completely."""
+        return build_runtime(path, flags, dict(os.environ))
 
     watch = None
     if args.watch_config is not None:
@@ -124,9 +130,10 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         watch = Watch(Path(path), args.watch_config)
     try:
-        config, plan = load()
+        runtime = load()
+        config = runtime.config
         configure(args.log_format or config.log.format, args.log_level or config.log.level)
-    except (ConfigError, PlanError) as exc:
+    except ConfigError as exc:
         _print_errors(exc.errors)
         return EXIT_CONFIG
     except ValueError as exc:
@@ -135,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     from bridge.daemon import StartupError, run_daemon
 
     try:
-        trio.run(run_daemon, config, plan, load, watch)
+        trio.run(run_daemon, runtime, load, watch)
     except BaseExceptionGroup as group:
         startup, rest = group.split(StartupError)
         if rest is not None or startup is None:
@@ -155,16 +162,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     for exc in group.exceptions:
         out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return out
-
-
-def _address_problem(config: Config) -> str | None:
-    """Addresses that cannot work, found before anything starts."""
-    try:
-        parse_mqtt_url(config.mqtt.url)
-        parse_listen(config.listen)
-    except (ValueError, ListenError) as exc:
-        return str(exc)
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,13 +19,47 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import msgspec
+from msgspec import Meta
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base for every config table: unknown keys are an error, not ignored."""
+
+
+# Ranges of numeric settings.  Every number the daemon reads has one, checked
+# while decoding, so a value that would misbehave only later (a negative
+# back-off that crashes at the first failed connect, a ping interval of 0 that
+# floods idle clients) is refused with its path before anything starts.  The
+# upper bounds also keep out TOML's ``inf``.  Ranges that depend on other
+# settings are checked in :mod:`bridge.core.plan` and :mod:`bridge.runtime`.
+#: A count of things that must exist at least once (queues, batches, entries).
+Count = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+#: A count where 0 is meaningful (0 connections per tenant: the stream is closed).
+Amount = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+#: A byte size.
+Bytes = Annotated[int, Meta(ge=1, le=2**62)]
+#: A wait in seconds that must be positive (intervals, timeouts, back-offs).
+Seconds = Annotated[float, Meta(gt=0, le=86_400)]
+#: A tolerance in seconds that may be zero.
+Slack = Annotated[float, Meta(ge=0, le=86_400)]
+#: Milliseconds librdkafka takes as a positive int32.
+Millis = Annotated[int, Meta(ge=1, le=2**31 - 1)]
+#: A Kafka consumer group's session timeout (librdkafka's range).
+SessionMillis = Annotated[int, Meta(ge=1, le=3_600_000)]
+#: A reconnect back-off: never zero, so a broker that refuses is not hammered.
+Backoff = Annotated[float, Meta(ge=0.01, le=3600)]
 
 
 # --------------------------------------------------------------------------- sources
@@ -236,13 +270,13 @@ class MqttSettings(_Section):
     protocol: Literal["3.1.1", "5"] = "5"
     username: str | None = None
     password: str | None = None
-    keepalive_s: int = 30
-    session_expiry_s: int = 86_400
-    receive_maximum: int = 1000
+    keepalive_s: Annotated[int, Meta(ge=1, le=65_535)] = 30
+    session_expiry_s: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 86_400
+    receive_maximum: Annotated[int, Meta(ge=1, le=65_535)] = 1000
     tls: TlsSettings | None = None
     embedded: Literal["auto", "always", "never"] = "auto"
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    reconnect_min_s: Backoff = 0.5
+    reconnect_max_s: Backoff = 30.0
 
 
 class KafkaSettings(_Section):
@@ -250,10 +284,10 @@ class KafkaSettings(_Section):
     (``security.protocol``, ``sasl.mechanism``, ``ssl.ca.location`` ...)."""
 
     bootstrap: str = "127.0.0.1:9092"
-    linger_ms: int = 5
+    linger_ms: Annotated[int, Meta(ge=0, le=900_000)] = 5
     compression: str = "lz4"
-    queue_max_messages: int = 200_000
-    delivery_timeout_ms: int = 15_000
+    queue_max_messages: Annotated[int, Meta(ge=1, le=2_147_483_647)] = 200_000
+    delivery_timeout_ms: Millis = 15_000
     properties: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -272,13 +306,13 @@ class LimitSettings(_Section):
     (tenant, device, metric, rule), the least recently seen forgotten first.
     """
 
-    max_payload_bytes: int = 65_536
-    max_string_length: int = 256
-    max_segment_length: int = 128
-    max_metrics: int = 256
+    max_payload_bytes: Annotated[int, Meta(ge=1, le=268_435_455)] = 65_536
+    max_string_length: Count = 256
+    max_segment_length: Count = 128
+    max_metrics: Count = 256
     max_json_depth: int = 64
     identifier_pattern: str = "[A-Za-z0-9._-]+"
-    max_user_property_bytes: int = 4096
+    max_user_property_bytes: Amount = 4096
     max_alarm_series: int = 100_000
 
 
@@ -307,17 +341,17 @@ class StreamSettings(_Section):
     topics: list[str] = msgspec.field(default_factory=lambda: ["telemetry.clean"])
     source: Literal["auto", "kafka", "local"] = "auto"
     group_id: str | None = None
-    session_timeout_ms: int = 6000
-    consume_batch: int = 500
+    session_timeout_ms: SessionMillis = 6000
+    consume_batch: Annotated[int, Meta(ge=1, le=1_000_000)] = 500
     consumer_properties: dict[str, str] = msgspec.field(default_factory=dict)
-    max_per_tenant: int = 10
-    ping_interval_s: float = 30.0
-    client_queue: int = 1000
-    max_lag_drops: int = 10_000
-    slow_client_grace_s: float = 10.0
-    replay_timeout_s: float = 30.0
-    replay_max_events: int = 100_000
-    replay_concurrency: int = 4
+    max_per_tenant: Amount = 10
+    ping_interval_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+    client_queue: Count = 1000
+    max_lag_drops: Amount = 10_000
+    slow_client_grace_s: Slack = 10.0
+    replay_timeout_s: Seconds = 30.0
+    replay_max_events: Count = 100_000
+    replay_concurrency: Annotated[int, Meta(ge=1, le=1000)] = 4
     allow_origins: list[str] = msgspec.field(default_factory=list)
 
 
@@ -329,7 +363,7 @@ class AuthSettings(_Section):
     jwt_secret: str | None = None
     public_key_file: str | None = None
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["HS256"])
-    leeway_s: float = 0.0
+    leeway_s: Slack = 0.0
     audience: str | None = None
     issuer: str | None = None
 
@@ -362,8 +396,8 @@ class SpoolSettings(_Section):
     open it again with back-off; ``true`` refuses to start instead."""
 
     path: str = "/var/lib/edge-bridge/spool"
-    max_bytes: int = 1 << 30
-    segment_bytes: int = 16 << 20
+    max_bytes: Bytes = 1 << 30
+    segment_bytes: Bytes = 16 << 20
     fsync_interval_ms: int = 50
     when_full: Literal["backpressure", "drop_oldest"] = "backpressure"
     enabled: bool = True
@@ -399,7 +433,7 @@ class CommandMapping(_Section):
     dead_letter_topic: str = "device.commands.dlq"
     group_id: str = "edge-bridge-commands"
     start_from: Literal["latest", "earliest"] = "latest"
-    session_timeout_ms: int = 6000
+    session_timeout_ms: SessionMillis = 6000
 
 
 # --------------------------------------------------------------------------- stream endpoints
@@ -674,12 +708,31 @@ def _valid(value: object, kind: object) -> bool:
     return True
 
 
+def read_problem(exc: OSError) -> str:
+    """An OSError as the few words an operator needs (``is a directory``),
+    without Python's ``[Errno 21]`` and the repeated file name."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, PermissionError):
+        return "permission denied (check the file's owner and mode)"
+    return f"cannot read: {exc.strerror or exc}"
+
+
 def _read_toml(path: Path) -> object:
+    """A TOML file as plain data; any way the file can be unusable (missing,
+    a directory, unreadable, not UTF-8, not TOML) is a ConfigError naming it."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: file not found"]) from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: {read_problem(exc)}"]) from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{path}: not UTF-8 text (invalid byte at offset {exc.start})"]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
 
@@ -701,6 +754,8 @@ class LoadedConfig:
 
     config: Config
     origins: list[tuple[str, int]]
+    #: The main config file, named in errors about its own tables.
+    main: str = "built-in defaults"
 
     def mapping_path(self, index: int) -> str:
         source, local = self.origins[index]
@@ -734,7 +789,7 @@ def load_config(path: str | Path | None) -> LoadedConfig:
     if not mappings:
         mappings = _default_mappings()
         origins = [("built-in defaults", 0)]
-    return LoadedConfig(msgspec.structs.replace(config, mappings=mappings), origins)
+    return LoadedConfig(msgspec.structs.replace(config, mappings=mappings), origins, str(main_path))
 
 
 ENV_OVERRIDES = {

@@ -24,12 +24,15 @@ nursery as parent: when one fails, all are cancelled and the error reaches
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +41,15 @@ import structlog
 import trio
 
 from bridge import health, metrics
-from bridge.auth import AuthConfigError
+from bridge.auth import AuthConfigError, Authenticator
 from bridge.commands import CommandForwarder
-from bridge.config import Config, ConfigError, SpoolSettings, redacted
+from bridge.config import Config, ConfigError, redacted
 from bridge.config_watch import Watch, watch_config
 from bridge.console import first_run
 from bridge.console.api import Console, ConsoleSources, HealthInputs
 from bridge.console.deadletters import DeadLetterFeed, dead_letter_topics
 from bridge.console.progress import Counters, ProgressTracker, stalled_reasons
 from bridge.core.normalize import Normalizer
-from bridge.core.plan import Plan, PlanError
 from bridge.ingest import Ingest
 from bridge.io import sdnotify
 from bridge.io.embedded_broker import run_embedded_broker
@@ -55,6 +57,7 @@ from bridge.io.http import ListenError, Request, Responder
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
 from bridge.io.spool import Spool, SpoolError, SpoolStats, describe
+from bridge.runtime import Runtime, spool_path
 from bridge.stats import IngestStats
 from bridge.store_forward import StoreAndForward
 from bridge.stream.consumer import KafkaSource
@@ -70,8 +73,9 @@ GC_YOUNG_THRESHOLD = 10_000
 PROGRESS_SAMPLE_S = 1.0
 
 
-# Reads and compiles the config again (SIGHUP); raises ConfigError or PlanError.
-Loader = Callable[[], tuple[Config, Plan]]
+# Reads the config files again and builds everything from them (a reload);
+# raises ConfigError listing every problem.
+Loader = Callable[[], Runtime]
 
 
 class StartupError(Exception):
@@ -93,15 +97,15 @@ async def _wants_embedded(config: Config) -> bool:
 class Daemon:
     """Holds the running parts so signal handlers and endpoints can reach them."""
 
-    def __init__(
-        self, config: Config, plan: Plan, loader: Loader, watch: Watch | None = None
-    ) -> None:
+    def __init__(self, runtime: Runtime, loader: Loader, watch: Watch | None = None) -> None:
+        config = runtime.config
+        self.runtime = runtime
         self.config = config
         self.loader = loader
         self.watch = watch
-        self.plan = plan
+        self.plan = runtime.plan
         self.stats = IngestStats()
-        self.normalizer = Normalizer(plan)
+        self.normalizer = Normalizer(runtime.plan)
         self.producer = KafkaProducer(config.kafka, client_id=f"edge-bridge-{socket.gethostname()}")
         self.ingest = Ingest(self.normalizer, self.producer, self.stats)
         self.producer.after_reports = self.ingest.after_reports
@@ -114,7 +118,9 @@ class Daemon:
         self._stopping = False
         # Called with the new config after a successful reload (the stream
         # server takes its connection limits and JWT keys from here).
-        self.reload_hooks: list[Callable[[Config], None]] = []
+        self.reload_hooks: list[Callable[[Runtime], None]] = []
+        # Reloads by outcome ("applied", "refused"), for the metrics.
+        self.reloads: Counter[str] = Counter()
         self.tracker = ProgressTracker()
         self.console: Console | None = None
         self._dead_letter_source: KafkaSource | None = None
@@ -123,7 +129,9 @@ class Daemon:
 
     def _mqtt_client(self, mqtt_settings: Any) -> MqttClient:
         subscriptions = [(m.subscription, m.qos) for m in self.plan.mappings]
-        client = MqttClient(mqtt_settings, subscriptions, self.ingest.handle_batch)
+        client = MqttClient(
+            mqtt_settings, subscriptions, self.ingest.handle_batch, self.runtime.mqtt_tls
+        )
         self.ingest.mqtt = client
         return client
 
@@ -240,10 +248,13 @@ class Daemon:
 
     async def _start_stream(self, nursery: trio.Nursery) -> None:
         try:
-            self.stream = await nursery.start(run_stream, self.config)
+            self.stream = await nursery.start(
+                partial(run_stream, self.config, auth=self.runtime.auth)
+            )
         except (ListenError, AuthConfigError, StreamSettingsError) as exc:
             raise StartupError(str(exc)) from None
-        self.reload_hooks.append(self.stream.reload)
+        stream = self.stream
+        self.reload_hooks.append(lambda runtime: stream.reload(runtime.config, runtime.auth))
         if self.config.stream.source != "kafka":
             self.ingest.local_feed = self.stream.feed_local
             self.ingest.local_topics = frozenset(self.config.stream.topics)
@@ -261,7 +272,16 @@ class Daemon:
             self.console_secret = first_run.load_or_create_secret(Path(state))
         except first_run.FirstRunError as exc:
             raise StartupError(str(exc)) from None
-        self.config = first_run.with_secret(self.config, self.console_secret)
+        self.runtime = self._with_first_run_secret(self.runtime)
+        self.config = self.runtime.config
+
+    def _with_first_run_secret(self, runtime: Runtime) -> Runtime:
+        """``runtime`` with this run's own secret in its auth settings and its
+        authenticator, while it configures no key of its own."""
+        if self.console_secret is None or not first_run.eligible(runtime.config, os.environ):
+            return runtime
+        config = first_run.with_secret(runtime.config, self.console_secret)
+        return dataclasses.replace(runtime, config=config, auth=Authenticator(config.auth))
 
     def _mount_console(self, nursery: trio.Nursery, stream: StreamService) -> None:
         """The page at ``/``, its JSON endpoints and the dead-letter feed."""
@@ -347,6 +367,7 @@ class Daemon:
                 spool_oldest=lambda: self.tracker.oldest_spooled_s(trio.current_time()),
                 try_refused=lambda: self.console.try_refused if self.console else {},
                 alarms=lambda: self.normalizer.alarms,
+                reloads=lambda: self.reloads,
             )
         )
 
@@ -416,35 +437,49 @@ class Daemon:
 
     def reload(self) -> None:
         """Apply a new config without dropping connections, or keep the old one
-        and log why.  Mappings, catalog and registry swap atomically (a new
-        Normalizer between two batches); subscriptions are changed in place on
-        the live MQTT session."""
+        and log why.
+
+        Everything the new config needs is built first (bridge.runtime: plans,
+        stream settings, authenticator and key file, TLS context, librdkafka's
+        configuration); only then does anything change.  Mappings, catalog and
+        registry swap atomically (a new Normalizer between two batches);
+        subscriptions are changed in place on the live MQTT session.  Nothing
+        a reload reads may end the process: any failure, even one no check
+        foresaw, is a refused reload, and the running config stays."""
         try:
-            config, plan = self.loader()
-        except (ConfigError, PlanError) as exc:
-            for line in exc.errors:
-                log.error("bridge.reload_refused", error=line)
-            log.error(
-                "bridge.reload_refused",
-                errors=len(exc.errors),
-                hint="the previous config stays in force; fix the file and send SIGHUP"
-                " again (with --watch-config, saving it is enough)",
-            )
+            runtime = self._with_first_run_secret(self.loader())
+        except ConfigError as exc:
+            self._refuse(exc.errors)
             return
-        if self.console_secret is not None and first_run.eligible(config, os.environ):
-            config = first_run.with_secret(config, self.console_secret)
+        except Exception as exc:
+            log.exception("bridge.reload_failed")
+            self._refuse([f"{type(exc).__name__}: {exc}"])
+            return
+        config, plan = runtime.config, runtime.plan
         changed = _restart_only_changes(self.config, config)
-        self.config, self.plan = config, plan
+        self.runtime, self.config, self.plan = runtime, config, plan
         self.normalizer = Normalizer(plan, previous=self.normalizer)
         self.ingest.normalizer = self.normalizer
         if self.mqtt is not None:
             self.mqtt.set_subscriptions([(m.subscription, m.qos) for m in plan.mappings])
         for hook in self.reload_hooks:
-            hook(config)
+            hook(runtime)
+        self.reloads["applied"] += 1
         log.info(
             "bridge.reloaded",
             mappings=[m.name for m in plan.mappings],
             needs_restart=changed or None,
+        )
+
+    def _refuse(self, errors: list[str]) -> None:
+        self.reloads["refused"] += 1
+        for line in errors:
+            log.error("bridge.reload_refused", error=line)
+        log.error(
+            "bridge.reload_refused",
+            errors=len(errors),
+            hint="the previous config stays in force; fix the file and send SIGHUP"
+            " again (with --watch-config, saving it is enough)",
         )
 
     async def _drain(self) -> None:
@@ -485,23 +520,6 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
     ]
 
 
-def spool_path(configured: str, environ: dict[str, str]) -> str:
-    """Where the spool lives.  An explicit ``spool.path`` wins.  Left at its
-    default, systemd's ``$STATE_DIRECTORY`` is used when set; a user who cannot
-    write the default (a first run by hand) gets ``~/.local/state``."""
-    default = SpoolSettings().path
-    if configured != default:
-        return configured
-    state = environ.get("STATE_DIRECTORY")
-    if state:
-        return os.path.join(state.split(":")[0], "spool")
-    parent = os.path.dirname(default)
-    if os.access(parent, os.W_OK) or os.access(os.path.dirname(parent), os.W_OK):
-        return default
-    home = environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(home, "edge-bridge", "spool")
-
-
 def tune_gc() -> None:
     """Keep the cyclic garbage collector off the data path.
 
@@ -516,9 +534,7 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
-async def run_daemon(
-    config: Config, plan: Plan, loader: Loader, watch: Watch | None = None
-) -> None:
-    log.info("bridge.starting", config=redacted(config))
+async def run_daemon(runtime: Runtime, loader: Loader, watch: Watch | None = None) -> None:
+    log.info("bridge.starting", config=redacted(runtime.config))
     tune_gc()
-    await Daemon(config, plan, loader, watch).run()
+    await Daemon(runtime, loader, watch).run()

@@ -15,11 +15,17 @@ from typing import Any, Literal
 import structlog
 
 
-def configure(fmt: Literal["auto", "json", "console"], level: str) -> None:
-    """Send structlog output to stderr, as JSON unless stderr is a terminal."""
+def level_number(level: str) -> int:
+    """``info`` -> 20; ValueError for a level that does not exist."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}: use debug, info, warning or error")
+    return numeric
+
+
+def configure(fmt: Literal["auto", "json", "console"], level: str) -> None:
+    """Send structlog output to stderr, as JSON unless stderr is a terminal."""
+    numeric = level_number(level)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()

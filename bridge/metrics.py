@@ -132,6 +132,9 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     # console
     ("console_try_refused", "counter", ("reason",),
      "Console \"try a payload\" requests refused, per reason (unauthenticated, forbidden...)."),
+    # operations
+    ("config_reloads", "counter", ("result",),
+     "Config reloads (SIGHUP or --watch-config) applied, or refused with the old config kept."),
 )  # fmt: skip
 
 #: Every family the collector can yield, by short name (without the prefix).
@@ -140,6 +143,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 KAFKA_STATES = ("connecting", "up", "down")
+RELOAD_RESULTS = ("applied", "refused")
 
 
 class SpoolView(Protocol):
@@ -220,6 +224,8 @@ class Sources:
     spool_oldest: Callable[[], float | None] | None = None
     try_refused: Callable[[], Mapping[str, int]] | None = None
     alarms: Callable[[], AlarmView] | None = None
+    #: Reloads by result: ``applied``, ``refused``.
+    reloads: Callable[[], Mapping[str, int]] | None = None
 
 
 def _counter(key: str, value: float | None = None) -> CounterMetricFamily:
@@ -280,6 +286,11 @@ class BridgeCollector:
         yield from self._commands()
         if self.sources.try_refused is not None:
             yield _per_label("console_try_refused", self.sources.try_refused())
+        if self.sources.reloads is not None:
+            counts = self.sources.reloads()
+            yield _per_label(
+                "config_reloads", {result: counts.get(result, 0) for result in RELOAD_RESULTS}
+            )
 
     def _ingest(self) -> Iterator[Metric]:
         stats = self.sources.stats

@@ -132,13 +132,15 @@ class PlanError(Exception):
 
 
 class _Errors:
-    """Collects problems under a path prefix instead of stopping at the first."""
+    """Collects problems instead of stopping at the first; ``prefix`` (the file,
+    ``"edge-bridge.toml: "``) starts every line."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
         self.lines: list[str] = []
 
     def add(self, path: str, message: str) -> None:
-        self.lines.append(f"{path}: {message}")
+        self.lines.append(f"{self.prefix}{path}: {message}")
 
 
 def _source_getter(
@@ -410,11 +412,22 @@ def _device_tenants(config: Config) -> dict[str, tuple[str, ...]]:
     return {device: tuple(tenants) for device, tenants in owners.items()}
 
 
+def _check_mqtt(config: Config, errors: _Errors) -> None:
+    mqtt = config.mqtt
+    if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
+        errors.add(
+            "mqtt.reconnect_max_s",
+            f"{mqtt.reconnect_max_s} is less than mqtt.reconnect_min_s ({mqtt.reconnect_min_s})",
+        )
+
+
 def compile_config(loaded: LoadedConfig) -> Plan:
     """Compile every mapping and check the catalog; raise PlanError listing all
     problems when anything is wrong."""
     config = loaded.config
     errors = _Errors()
+    # Problems in the main file's own tables (catalog, registry, spool ...).
+    top = _Errors(f"{loaded.main}: ")
     plans = []
     names: set[str] = set()
     for index, mapping in enumerate(config.mappings):
@@ -426,13 +439,14 @@ def compile_config(loaded: LoadedConfig) -> Plan:
         errors.lines.extend(lines)
         if plan is not None:
             plans.append(plan)
-    _check_catalog(config, errors)
-    _check_spool(config, errors)
-    _check_limits(config, errors)
+    _check_catalog(config, top)
+    _check_spool(config, top)
+    _check_limits(config, top)
+    _check_mqtt(config, top)
     commands = []
     for index, command in enumerate(config.commands):
         compiled, lines = compile_command(command, f"commands[{index}]")
-        errors.lines.extend(lines)
+        top.lines.extend(top.prefix + line for line in lines)
         if compiled is not None:
             commands.append(compiled)
     allowed: dict[tuple[str, str], frozenset[str]] = {}
@@ -442,7 +456,7 @@ def compile_config(loaded: LoadedConfig) -> Plan:
                 allowed[(tenant, device)] = frozenset(spec.metrics)
                 for metric in spec.metrics:
                     if config.metrics and metric not in config.metrics:
-                        errors.add(
+                        top.add(
                             f"devices.{tenant}.{device}.metrics",
                             f"metric {metric!r} is not in the metric catalog",
                         )
@@ -459,6 +473,6 @@ def compile_config(loaded: LoadedConfig) -> Plan:
         from bridge.core.stream_plan import compile_streams  # it builds on this module
 
         whole = replace(whole, streams=compile_streams(whole, errors))
-    if errors.lines:
-        raise PlanError(errors.lines)
+    if errors.lines or top.lines:
+        raise PlanError(errors.lines + top.lines)
     return whole

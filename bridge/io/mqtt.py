@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 from bridge.config import MqttSettings
 from bridge.io.mqtt_keepalive import PINGREQ, Keepalive
 from bridge.io.mqtt_wire import Framer, InboundMessage, MalformedPacket, PahoSocket, puback
+from bridge.io.tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -87,9 +88,13 @@ class MqttClient:
         settings: MqttSettings,
         subscriptions: Sequence[tuple[str, int]],
         on_batch: BatchHandler,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
         self.address = parse_mqtt_url(settings.url)
+        # Built and checked with the config (bridge.runtime); built here only
+        # when the caller did not.
+        self._tls_context = tls_context
         self.subscriptions = list(subscriptions)
         self.on_batch = on_batch
         self.generation = 0
@@ -130,15 +135,7 @@ class MqttClient:
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if self.address.tls or s.tls is not None:
-            tls = s.tls
-            client.tls_set(
-                ca_certs=tls.ca_file if tls else None,
-                certfile=tls.cert_file if tls else None,
-                keyfile=tls.key_file if tls else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if tls and tls.insecure:
-                client.tls_insecure_set(True)
+            client.tls_set_context(self._tls_context or client_context(s.tls))
         # Registering a write hook stops paho from writing on every ack(): the
         # run loop flushes once per batch instead.
         client.on_socket_register_write = lambda *_: None

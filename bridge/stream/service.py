@@ -94,11 +94,17 @@ def check_settings(settings: StreamSettings) -> None:
 class StreamService:
     """The running stream: hub, Kafka source, auth, routes."""
 
-    def __init__(self, config: Config, addresses: list[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        addresses: list[tuple[str, int]],
+        auth: Authenticator | None = None,
+    ) -> None:
         check_settings(config.stream)
         self.settings = config.stream
         self.kafka = config.kafka
-        self.auth = Authenticator(config.auth)
+        self.auth = auth or Authenticator(config.auth)
+        self.auth.log_warnings()
         self.hub = Hub(max_per_tenant=config.stream.max_per_tenant)
         self.hub.local_fallback = config.stream.source != "kafka"
         self.source = (
@@ -110,15 +116,18 @@ class StreamService:
         self.router = Router()
         self.replay_slots = trio.Semaphore(max(1, config.stream.replay_concurrency))
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: Config, auth: Authenticator | None = None) -> None:
         """New limits, keys and timings for the next connections; open ones
         keep going.  Topics, source and Kafka settings need a restart.
+        ``auth``: the authenticator already built from ``config.auth`` (the
+        daemon builds and checks everything before a reload changes anything).
 
         All or nothing: settings that cannot work raise (AuthConfigError,
         StreamSettingsError) before anything changes.
         """
         check_settings(config.stream)
-        auth = Authenticator(config.auth)
+        auth = auth or Authenticator(config.auth)
+        auth.log_warnings()
         self.auth = auth
         self.settings = msgspec.structs.replace(
             config.stream, topics=self.settings.topics, source=self.settings.source
@@ -273,6 +282,7 @@ class StreamService:
 async def run_stream(
     config: Config,
     *,
+    auth: Authenticator | None = None,
     extra_routes: Mapping[str, HttpHandler] | None = None,
     task_status: trio.TaskStatus[StreamService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -284,7 +294,7 @@ async def run_stream(
     """
     listeners = await open_listeners(config.listen)
     try:
-        service = StreamService(config, bound_addresses(listeners))
+        service = StreamService(config, bound_addresses(listeners), auth)
     except BaseException:
         for listener in listeners:
             await trio.aclose_forcefully(listener)

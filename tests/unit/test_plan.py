@@ -240,12 +240,12 @@ def test_every_error_of_every_mapping_is_reported_at_once(tmp_config: WriteConfi
         f"{meters}[1].name: mapping name 'meters' is used twice",
         f"{meters}[1].payload.tenant.segment: segment {{tenant}} is not in the topic filter "
         "(it has: device)",
-        "metrics.door: min and max only apply to numeric metrics",
-        "metrics.door.alarms[0]: alarms only apply to numeric metrics",
-        "metrics.temperature.alarms[0]: kind outside needs low <= high",
-        "metrics.temperature.alarms[1]: kind below needs threshold",
-        "metrics.temperature.alarms[1].for_s: must not be negative",
-        "devices.t1.DEV-001.metrics: metric 'pressure' is not in the metric catalog",
+        f"{path}: metrics.door: min and max only apply to numeric metrics",
+        f"{path}: metrics.door.alarms[0]: alarms only apply to numeric metrics",
+        f"{path}: metrics.temperature.alarms[0]: kind outside needs low <= high",
+        f"{path}: metrics.temperature.alarms[1]: kind below needs threshold",
+        f"{path}: metrics.temperature.alarms[1].for_s: must not be negative",
+        f"{path}: devices.t1.DEV-001.metrics: metric 'pressure' is not in the metric catalog",
     ]
 
 
@@ -269,4 +269,4 @@ def test_catalog_and_registry_compile_into_the_plan(tmp_config: WriteConfig) -> 
 
 def test_outside_band_needs_low_not_above_high(tmp_config: WriteConfig) -> None:
     path = tmp_config("[metrics.t]\nalarms = [{ kind = 'outside', low = 5, high = 1 }]\n")
-    assert plan_errors(path) == ["metrics.t.alarms[0]: kind outside needs low <= high"]
+    assert plan_errors(path) == [f"{path}: metrics.t.alarms[0]: kind outside needs low <= high"]
