@@ -26,7 +26,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,23 +102,19 @@ def build_runtime(
 
 def settings_problems(config: Config) -> list[str]:
     """Settings whose checks live with the code that uses them."""
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("mqtt.url: ", lambda: parse_mqtt_url(config.mqtt.url)),
+        ("listen: ", lambda: parse_listen(config.listen)),
+        ("log.level: ", lambda: level_number(config.log.level)),
+        # Its message names both settings.
+        ("", lambda: check_settings(config.stream)),
+    ]
     problems = []
-    try:
-        parse_mqtt_url(config.mqtt.url)
-    except ValueError as exc:
-        problems.append(f"mqtt.url: {exc}")
-    try:
-        parse_listen(config.listen)
-    except ListenError as exc:
-        problems.append(f"listen: {exc}")
-    try:
-        level_number(config.log.level)
-    except ValueError as exc:
-        problems.append(f"log.level: {exc}")
-    try:
-        check_settings(config.stream)
-    except StreamSettingsError as exc:
-        problems.append(str(exc))
+    for where, check in checks:
+        try:
+            check()
+        except (ValueError, ListenError, StreamSettingsError) as exc:
+            problems.append(f"{where}{exc}")
     return problems
 
 
