@@ -175,8 +175,13 @@ def _kafka_field(message: str, sections: Sequence[tuple[str, Mapping[str, str]]]
     for where, properties in sections:
         if name in properties:
             return f'{where}."{name}"'
-    if name in _KAFKA_FIELDS:
-        return _KAFKA_FIELDS[name]
+    if name in _KAFKA_FIELDS:  # one of ours, unless a property overrides it
+        field = _KAFKA_FIELDS[name]
+        for where, properties in sections:
+            for key in properties:
+                if _KAFKA_FIELDS.get(key) == field:
+                    return f'{where}."{key}"'
+        return field
     for where, properties in sections:
         for key in properties:
             if key in message:

@@ -136,6 +136,20 @@ def _nested_struct(t: mi.Type) -> tuple[mi.StructType, list[str]] | None:
             return None
 
 
+def _range(t: mi.IntType | mi.FloatType) -> str:
+    """The range a number is checked against (``msgspec.Meta``), as shown in
+    the table: ``, 1 to 65,535`` or ``, > 0 and ≤ 86,400``."""
+
+    def show(value: float) -> str:
+        return f"{value:,}"
+
+    if t.ge is not None and t.le is not None:
+        return f", {show(t.ge)} to {show(t.le)}"
+    bounds = [(t.ge, "≥"), (t.gt, ">"), (t.le, "≤"), (t.lt, "<")]
+    shown = [f"{sign} {show(value)}" for value, sign in bounds if value is not None]
+    return f", {' and '.join(shown)}" if shown else ""
+
+
 def type_name(t: mi.Type, anchors: dict[type, str]) -> str:
     """A TOML-flavoured type description for the reference table."""
     t = _strip_none(t)
@@ -144,9 +158,9 @@ def type_name(t: mi.Type, anchors: dict[type, str]) -> str:
     if isinstance(t, mi.BoolType):
         return "boolean"
     if isinstance(t, mi.IntType):
-        return "integer"
+        return "integer" + _range(t)
     if isinstance(t, mi.FloatType):
-        return "number"
+        return "number" + _range(t)
     if isinstance(t, mi.LiteralType):
         return " \\| ".join(f"`{json.dumps(v)}`" for v in t.values)
     if isinstance(t, mi.ListType):

@@ -4,27 +4,11 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 
 from tests.integration.conftest import BridgeSetup
 from tests.support import BridgeProcess, kafka_read, publish_many, wait_until
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def _sample(text: str, name: str) -> float:
-    """The value of one sample line, e.g. ``edge_bridge_dead_letters_total{reason="x"}``."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics:\n{text}")
+from tests.support.http import http_get as _get
+from tests.support.http import metric_sample as _sample
 
 
 def test_metrics_health_and_readiness(setup: BridgeSetup) -> None:
