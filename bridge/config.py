@@ -526,9 +526,9 @@ class StreamKeepalive(_Section):
     as an event (``json``) or nothing, every ``sse_interval_s`` (default
     ``interval_s``)."""
 
-    interval_s: float = 30.0
+    interval_s: Annotated[float, Meta(ge=1, le=3600)] = 30.0
     websocket: Literal["json", "ping", "none"] = "json"
-    sse_interval_s: float | None = None
+    sse_interval_s: Annotated[float, Meta(ge=1, le=3600)] | None = None
     sse: Literal["comment", "json", "none"] = "comment"
 
 
