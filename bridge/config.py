@@ -374,7 +374,7 @@ class HealthSettings(_Section):
     acknowledgement, or with a spooled record that old, ``/readyz`` answers 503
     with a ``stalled`` reason; 0 turns the check off."""
 
-    stalled_after_s: float = 300.0
+    stalled_after_s: Slack = 300.0
 
 
 class ConsoleSettings(_Section):

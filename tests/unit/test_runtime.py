@@ -100,6 +100,8 @@ CHECKED_BY_THE_PLAN = {
     ("MetricSpec", "max"),
     ("SpoolSettings", "fsync_interval_ms"),
     ("SparkplugSettings", "rebirth_interval_s"),
+    ("LimitSettings", "max_json_depth"),
+    ("LimitSettings", "max_alarm_series"),
     # bridge.core.stream_plan
     ("StreamEndpoint", "max_per_tenant"),
     *((codes, kind) for codes in ("RefusalCodes", "RefusalStatuses")
