@@ -439,7 +439,7 @@ class Normalizer:
             supported = ", ".join(str(v) for v in sorted(mapping.schema_versions))
             raise Refusal(
                 "schema_version_unsupported",
-                f"schema_version {version} is not supported (supported: {supported})",
+                f"schema_version {shown(version)} is not supported (supported: {supported})",
             )
         return version
 

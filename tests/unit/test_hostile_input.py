@@ -5,6 +5,7 @@ with a reason naming the field, never an exception (issue 10, items 1, 2, 12,
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,27 @@ from bridge.ingest import Ingest
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt_wire import InboundMessage
 from bridge.stats import IngestStats
-from tests.unit.core_fixtures import MAPPINGS, NOW, plan_from, reasons, values
+from tests.unit.core_fixtures import MAPPINGS, NOW, REPO, plan_from, reasons, values
 
 WriteConfig = Callable[..., Path]
 TOPIC = "tenant/t1/device/DEV-001/telemetry"
 VALID = b'{"schema_version":1,"metrics":{"t":1}}'
+
+
+def _documented_reasons() -> frozenset[str]:
+    """The reason codes of the table in docs/mappings.md."""
+    text = (REPO / "docs" / "mappings.md").read_text()
+    table = text.split("## Dead-letter reasons", 1)[1]
+    return frozenset(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
+
+
+DOCUMENTED_REASONS = _documented_reasons()
+
+
+def test_every_reason_the_core_gives_is_documented() -> None:
+    source = "\n".join(p.read_text() for p in (REPO / "bridge" / "core").glob("*.py"))
+    emitted = set(re.findall(r'Refusal\(\s*"([a-z_]+)"', source)) | {"internal_error"}
+    assert emitted == DOCUMENTED_REASONS
 
 
 def deep(levels: int, opener: bytes = b"[", closer: bytes = b"]") -> bytes:
