@@ -20,6 +20,7 @@ from array import array
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,7 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from bench.kafka_probe import count_records, run_probe
 from bench.machine import CpuWindow, peak_rss_mib, rss_mib
 from bench.mqtt_load import DEVICES, LoadSpec, run_publisher
-from bench.systems import Bridges, Naive, Settings, Topics
+from bench.systems import Bridges, Naive, PahoSink, Settings, Topics
 from tests.support import Mosquitto, Tansu
 
 PUBLISHERS = 2
@@ -62,7 +63,7 @@ class System(Protocol):
 class Phase:
     """What one measurement runs."""
 
-    system: str  # "bridge" or "naive"
+    system: str  # "bridge", "naive" or "paho" (the reference: receive and count)
     qos: int
     rate: float = 0.0  # messages/s; 0 = closed loop
     latency: bool = False
@@ -70,8 +71,16 @@ class Phase:
     settings: Settings = field(default_factory=dict)  # bridge config beyond the defaults
 
     def start(
-        self, workdir: Path, mosquitto: Mosquitto, tansu: Tansu, topics: Topics, overrides: Settings
+        self,
+        workdir: Path,
+        mosquitto: Mosquitto,
+        tansu: Tansu,
+        topics: Topics,
+        overrides: Settings,
+        delivered: Synchronized[int],
     ) -> System:
+        if self.system == "paho":
+            return PahoSink(mosquitto, self.qos, delivered)
         if self.system == "naive":
             return Naive(workdir, mosquitto, tansu, topics, self.qos)
         settings = {table: dict(values) for table, values in self.settings.items()}
@@ -93,7 +102,9 @@ class IngestResult:
     name: str
     qos: int
     offered: str
-    rate: float  # messages/s whose raw record reached Kafka, over the steady window
+    # messages/s whose raw record reached Kafka over the steady window (the
+    # paho reference: messages it received)
+    rate: float
     published: int  # messages the broker accepted (acknowledged, at QoS 1)
     on_kafka: int  # messages on Kafka when the run ended
     rss_mib: float  # at the end of the steady window
@@ -185,7 +196,12 @@ def measure_ingest(
     with ExitStack() as stack:
         mosquitto, tansu = stack.enter_context(brokers(workdir))
         create_topics(tansu, topics)
-        sut = stack.enter_context(phase.start(workdir, mosquitto, tansu, topics, overrides or {}))
+        sut = stack.enter_context(
+            phase.start(workdir, mosquitto, tansu, topics, overrides or {}, delivered)
+        )
+        # The paho reference counts what it receives itself; every other
+        # system is counted on Kafka by the probe.
+        counted_on_kafka = phase.system != "paho"
         results_in, results_out = ctx.Pipe(duplex=False)
         probe = ctx.Process(
             target=run_probe,
@@ -193,8 +209,9 @@ def measure_ingest(
             kwargs={"results": results_out, "watch_latency": phase.latency},
             daemon=True,
         )
-        probe.start()
-        stack.callback(probe.kill)
+        if counted_on_kafka:
+            probe.start()
+            stack.callback(probe.kill)
         window = int(phase.rate * FIXED_RATE_BACKLOG_S) if phase.rate else WINDOW
         published = [ctx.Value("q", 0, lock=False) for _ in range(PUBLISHERS)]
         publishers = []
@@ -222,7 +239,7 @@ def measure_ingest(
                 "mosquitto": [mosquitto.pid],
                 "tansu": [tansu.pid],
                 "load": [p.pid for p in publishers if p.pid is not None],
-                "probe": [probe.pid] if probe.pid is not None else [],
+                "probe": [probe.pid] if counted_on_kafka and probe.pid is not None else [],
             }
         )
         time.sleep(timing.warmup)  # the windows are wall-clock time: nothing to wait on
@@ -246,12 +263,16 @@ def measure_ingest(
             process.join(60)
         total = sum(v.value for v in published)
         peak = sum(peak_rss_mib(pid) for pid in sut.pids)
-        stop_probe.value = 1
-        to_timestamp = results_in.recv() if results_in.poll(30) else b""
-        probe.join(10)
-        # Everything the broker accepted should reach Kafka: read it back (waiting
-        # up to a minute for the last records); a shortfall is reported, not raised.
-        on_kafka = count_records(tansu.bootstrap, topics.raw, total, timeout=60)
+        if counted_on_kafka:
+            stop_probe.value = 1
+            to_timestamp = results_in.recv() if results_in.poll(30) else b""
+            probe.join(10)
+            # Everything the broker accepted should reach Kafka: read it back (waiting
+            # up to a minute for the last records); a shortfall is reported, not raised.
+            on_kafka = count_records(tansu.bootstrap, topics.raw, total, timeout=60)
+        else:
+            to_timestamp = b""
+            on_kafka = _wait_for_count(delivered, total, timeout=60)
         stack.close()  # stop the system before reading its warnings: shutdown logs too
         return IngestResult(
             name=name,
@@ -268,6 +289,14 @@ def measure_ingest(
             warnings=sut.warnings(),
             summaries=sut.summaries(),
         )
+
+
+def _wait_for_count(counter: Synchronized[int], want: int, timeout: float) -> int:
+    """The counter once it reaches ``want``, or what it holds after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while counter.value < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return counter.value
 
 
 def _py_spy(pid: int, duration: float, out: Path) -> subprocess.Popen[bytes]:

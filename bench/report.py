@@ -14,6 +14,7 @@ TARGETS = {
     "latency": "p99 < 25",
     "rss": "< 120",
     "ws100": ">= 40,000",
+    "paho": ">= 1.2x",
 }
 
 
@@ -23,6 +24,17 @@ def _rate(value: float | None) -> str:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.1f}x" if a and b else "-"
+
+
+def _us_per_message(result: IngestResult | None) -> float | None:
+    """Core-µs the process under test spent per message over the window."""
+    if result is None or not result.rate:
+        return None
+    return result.cpu.get("system", 0.0) * 1e6 / result.rate
+
+
+def _us(value: float | None) -> str:
+    return f"{value:.0f}" if value is not None else "-"
 
 
 def _latency(values: Mapping[str, float] | None) -> str:
@@ -52,10 +64,24 @@ def ingest_rows(results: Mapping[str, IngestResult], latency_rate: int) -> list[
         return (f"<= {a['p50_le']:g} / {a['p95_le']:g} / {a['p99_le']:g}; "
                 f"{a['within_25ms']:.1%} within 25 ms")  # fmt: skip
 
+    def us(name: str) -> float | None:
+        return _us_per_message(results.get(name))
+
+    def paho_ratio(name: str) -> str:
+        found, paho = rate(name), rate("paho-qos1")
+        return f"{found / paho:.2f}x" if found and paho else "-"
+
     rows = [
         _row("MQTT->Kafka QoS 1, msgs/s on Kafka", _rate(rate("qos1")),
              _rate(rate("naive-qos1")), _ratio(rate("qos1"), rate("naive-qos1")),
              TARGETS["qos1"]),
+        _row("reference: plain paho QoS 1 subscriber (ack on receipt, nothing else), "
+             "msgs/s received", _rate(rate("paho-qos1")), "", "", ""),
+        _row("QoS 1 msgs/s as a ratio to the paho reference, same run",
+             paho_ratio("qos1"), paho_ratio("naive-qos1"), "", TARGETS["paho"]),
+        _row("QoS 1: core-µs per message in the process under test (paho reference: "
+             f"{_us(us('paho-qos1'))})", _us(us("qos1")), _us(us("naive-qos1")),
+             "", ""),
         _row("MQTT->Kafka QoS 0, msgs/s on Kafka", _rate(rate("qos0")),
              _rate(rate("naive-qos0")), _ratio(rate("qos0"), rate("naive-qos0")),
              TARGETS["qos0"]),
@@ -94,7 +120,8 @@ def ingest_rows(results: Mapping[str, IngestResult], latency_rate: int) -> list[
             TARGETS["rss"],
         )
     )
-    bridge_rss = [r.peak_rss_mib for n, r in results.items() if not n.startswith(("naive", "sh"))]
+    others = ("naive", "sh", "paho")
+    bridge_rss = [r.peak_rss_mib for n, r in results.items() if not n.startswith(others)]
     naive_rss = [r.peak_rss_mib for n, r in results.items() if n.startswith("naive")]
     rows.append(
         _row(

@@ -67,6 +67,9 @@ INGEST_PHASES: dict[str, Phase] = {
     "naive-qos1": Phase("naive", qos=1),
     "naive-qos0": Phase("naive", qos=0),
     "naive-latency": Phase("naive", qos=1, rate=LATENCY_RATE, latency=True),
+    # The reference every run is compared to: a paho subscriber that only
+    # receives and acknowledges (bench/paho_sink.py).
+    "paho-qos1": Phase("paho", qos=1),
     "shared-qos1": Phase("bridge", qos=1, instances=2),
 }
 

@@ -1,21 +1,25 @@
 """The systems under test, each started against a given mosquitto and Tansu:
 the bridge daemon (one instance, or several sharing one MQTT subscription) and
-the naive baseline.  Each is a context manager that yields once it is
+the naive baseline, and the plain paho subscriber every run is compared to
+(bench/paho_sink.py).  Each is a context manager that yields once it is
 subscribed, and exposes the pids the bench samples for CPU and memory.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
 import subprocess
 import sys
 import tomllib
 import urllib.request
 from dataclasses import dataclass
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from types import TracebackType
 
+from bench.paho_sink import run_sink
 from bench.stream_fanout import SECRET as STREAM_SECRET
 from tests.support import BridgeProcess, Mosquitto, Tansu, free_port, write_config
 
@@ -236,3 +240,43 @@ class Naive:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class PahoSink:
+    """bench/paho_sink.py as a child process; it counts what it receives into
+    ``received`` (the value the closed-loop publishers read)."""
+
+    def __init__(self, mosquitto: Mosquitto, qos: int, received: Synchronized[int]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._ready = ctx.Event()
+        self._proc = ctx.Process(
+            target=run_sink,
+            args=(mosquitto.host, mosquitto.port, qos, received, self._ready),
+            daemon=True,
+        )
+
+    @property
+    def pids(self) -> list[int]:
+        return [self._proc.pid] if self._proc.pid is not None else []
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def delivery_histogram(self) -> dict[str, float]:
+        return {}
+
+    def summaries(self) -> list[str]:
+        return []
+
+    def __enter__(self) -> PahoSink:
+        self._proc.start()
+        if not self._ready.wait(30):
+            self._proc.kill()
+            raise RuntimeError("paho sink did not subscribe within 30 s")
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._proc.terminate()
+        self._proc.join(20)

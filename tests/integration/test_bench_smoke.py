@@ -23,7 +23,7 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
             str(REPO_ROOT / "bench" / "run.py"),
             "--duration=3",
             "--warmup=2",
-            "--only=qos1,naive-qos1",
+            "--only=qos1,naive-qos1,paho-qos1",
             f"--json={out}",
         ],
         stdout=subprocess.PIPE,
@@ -49,8 +49,13 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
     assert bridge_rate > 0
     assert naive_rate > 0
 
+    # The same-run reference: its row and the bridge's ratio to it are printed.
+    assert re.search(r"^\| reference: plain paho QoS 1 subscriber .*\| [\d,]+ \|", run.stdout, re.M)
+    assert re.search(r"^\| QoS 1 msgs/s as a ratio to the paho reference, same run \| "
+                     r"(\d+\.\d\dx|-) \|", run.stdout, re.M), run.stdout
+
     results = json.loads(out.read_text())["results"]
-    for name in ("qos1", "naive-qos1"):
+    for name in ("qos1", "naive-qos1", "paho-qos1"):
         result = results[name]
         assert result["published"] > 0
         # QoS 1: every message the broker accepted is on Kafka, exactly once.
