@@ -324,7 +324,9 @@ class Daemon:
             received=sum(stats.received.values()) + stats.unmatched,
             acked=sum(stats.produced.values()) + stats.spool_drained,
             dead_letters=sum(stats.dead_letters.values()),
-            waiting=len(self.producer) + (pending or 0),
+            # Messages not held yet, and spooled records: neither in Kafka.
+            # (len(producer) would also count librdkafka's protocol requests.)
+            waiting=stats.pending_messages + (pending or 0),
             spool_appended=stats.spooled,
             spool_pending=pending,
         )
@@ -337,7 +339,7 @@ class Daemon:
         source = self._dead_letter_source
         return HealthInputs(
             state=self._health_state(),
-            waiting_records=self._counters().waiting,
+            in_flight_messages=self.stats.pending_messages,
             spool_records=snapshot.records_pending if snapshot else None,
             spool_bytes=snapshot.bytes if snapshot else None,
             stream_connections=status.total_connections,

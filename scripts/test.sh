@@ -17,13 +17,19 @@ as_root() {
 }
 
 # Debian packages: the broker the tests run, its command-line clients (one
-# test publishes with mosquitto_pub) and, on a minimal image, Python's venv.
+# test publishes with mosquitto_pub), the chromium the console's browser tests
+# drive through Playwright (never `playwright install`: it downloads browser
+# builds from a host these machines cannot reach) and, on a minimal image,
+# Python's venv.
 packages=()
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     packages+=(mosquitto)
 fi
 if ! command -v mosquitto_pub >/dev/null; then
     packages+=(mosquitto-clients)
+fi
+if [ ! -x /usr/bin/chromium ]; then
+    packages+=(chromium)
 fi
 if ! command -v python3 >/dev/null; then
     packages+=(python3 python3-venv)

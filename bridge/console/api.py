@@ -44,7 +44,7 @@ class HealthInputs:
     """What the daemon sees at request time, besides the progress tracker."""
 
     state: health.HealthState
-    waiting_records: int
+    in_flight_messages: int
     spool_records: int | None
     spool_bytes: int | None
     stream_connections: int
@@ -123,7 +123,7 @@ class Console:
             "reasons": ready,
             "mqtt": "connected" if inputs.state.mqtt_connected else "disconnected",
             "kafka": inputs.state.kafka_state,
-            "waiting_records": inputs.waiting_records,
+            "in_flight_messages": inputs.in_flight_messages,
             "kafka_ack_wait_s": _rounded(tracker.ack_wait_s(now)),
             "spool": {
                 "state": inputs.state.spool,

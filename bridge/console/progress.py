@@ -33,7 +33,8 @@ class Counters:
     """One sample of the daemon's counters.
 
     ``acked``: records Kafka acknowledged (straight or drained from the spool);
-    ``waiting``: records not acknowledged yet (producer queue and spool);
+    ``waiting``: what Kafka has not acknowledged yet (MQTT messages whose
+    records are not held, and spooled records);
     ``spool_appended``: records written to the spool since start;
     ``spool_pending``: records in the spool now, None without a spool.
     """

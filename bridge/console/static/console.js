@@ -288,10 +288,10 @@ async function loadMappings() {
   const rows = body.mappings.map((m) => {
     const tr = document.createElement("tr");
     cell(tr, m.name);
-    cell(tr, m.mqtt_filter, "wrap mono");
+    cell(tr, m.mqtt_filter, "brk mono");
     const k = m.kafka;
-    cell(tr, `clean: ${k.clean} · raw: ${k.raw || "off"} · dead letters: ${k.dead_letter}`, "wrap mono");
-    cell(tr, m.key, "wrap mono");
+    cell(tr, `clean: ${k.clean} · raw: ${k.raw || "off"} · dead letters: ${k.dead_letter}`, "brk mono");
+    cell(tr, m.key, "brk mono");
     return tr;
   });
   $("mappings-body").replaceChildren(...rows);
@@ -323,7 +323,7 @@ async function refreshHealth() {
   $("h-in").textContent = `${r.messages_in_per_s} msg/s`;
   $("h-out").textContent = `${r.records_out_per_s} rec/s`;
   $("h-dead").textContent = `${r.dead_letters_per_s} /s`;
-  $("h-waiting").textContent = `${h.waiting_records} records`;
+  $("h-waiting").textContent = `${h.in_flight_messages} msgs`;
   $("h-ack").textContent = h.kafka_ack_wait_s === null ? "nothing waits" : seconds(h.kafka_ack_wait_s);
   $("h-spool").textContent = h.spool.records === null ? "off" : `${h.spool.state}, ${h.spool.records} records`;
   $("h-oldest").textContent = h.spool.oldest_record_age_s === null ? "–" : seconds(h.spool.oldest_record_age_s);
