@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
@@ -27,7 +26,6 @@ from bridge.stream.pump import pump
 if TYPE_CHECKING:
     from bridge.stream.service import StreamService
 
-log = structlog.get_logger(__name__)
 
 #: Bound on the closing handshake; a client that does not answer is cut off.
 CLOSE_TIMEOUT_S = 2.0
@@ -63,6 +61,7 @@ class _WebSocketSink:
 #: Failures of the action handler itself (a bug, not a bad message: those get
 #: their own error reply), logged with a traceback at most every 10 s.
 _action_failures = SampledLog("stream.websocket_action_failed", level="error")
+_session_failures = SampledLog("stream.websocket_failed", level="error")
 
 
 def _handle(client: Client, message: str | bytes, remote: str) -> bytes:
@@ -139,8 +138,9 @@ async def websocket_session(
             pass
         finally:
             service.release(client, request.remote)
-    except Exception:
-        log.exception("stream.websocket_failed", remote=request.remote)
+    except Exception as exc:
+        # This client only: closed with 1011, logged at most every 10 s.
+        _session_failures(remote=request.remote, error=type(exc).__name__, exc_info=exc)
         code, reason = INTERNAL_ERROR, "internal error"
     finally:
         if ws.closed is None:
