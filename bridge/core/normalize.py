@@ -237,10 +237,13 @@ class Normalizer:
             f"{type(exc).__name__}: the bridge failed on this message ({shown(str(exc), 200)}); "
             "this is a bug, please report it with this record",
         )
-        if mapping is None:
-            outcome.dead.append(INTERNAL_ERROR)
-        else:
-            self._dead(mapping, topic, payload, now, refusal, topic.encode(), outcome)
+        if mapping is not None:
+            try:
+                self._dead(mapping, topic, payload, now, refusal, topic.encode(), outcome)
+                return outcome
+            except Exception:  # the dead letter itself cannot be made: count it only
+                outcome.records.clear()
+        outcome.dead[:] = [INTERNAL_ERROR]
         return outcome
 
     def _route(self, topic: str) -> Route:

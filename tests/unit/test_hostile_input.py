@@ -104,6 +104,17 @@ def test_an_exception_before_any_mapping_is_known_is_reported_without_a_record()
     assert isinstance(outcome.error, KeyError)
 
 
+def test_when_even_the_dead_letter_cannot_be_made_the_failure_is_only_reported(
+    default: Normalizer,
+) -> None:
+    """A topic the MQTT layer never delivers (a lone surrogate cannot be
+    encoded): the refusal's dead letter fails, and so would the internal_error
+    one; the barrier still returns."""
+    outcome = default.process("tenant/t1/device/\ud800/telemetry", VALID, NOW)
+    assert (outcome.mapping, outcome.records, outcome.dead) == ("telemetry", [], ["internal_error"])
+    assert isinstance(outcome.error, UnicodeEncodeError)
+
+
 def test_ingest_counts_logs_and_produces_the_internal_error_and_goes_on() -> None:
     producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))  # produce() only queues
     stats = IngestStats()
