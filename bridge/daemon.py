@@ -59,7 +59,7 @@ from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
 from bridge.io.spool import Spool, SpoolError, SpoolStats, describe
 from bridge.runtime import Runtime, spool_path
 from bridge.stats import IngestStats
-from bridge.store_forward import StoreAndForward
+from bridge.store_forward import READ_ONLY, StoreAndForward
 from bridge.stream.consumer import KafkaSource
 from bridge.stream.service import StreamService, StreamSettingsError, run_stream
 
@@ -204,27 +204,7 @@ class Daemon:
         def open_spool() -> Spool:
             return Spool.from_settings(resolved)
 
-        spool: Spool | None = None
-        unavailable: str | None = None
-        try:
-            spool = await trio.to_thread.run_sync(open_spool)
-        except ValueError as exc:
-            raise StartupError(f"spool: {exc}") from None
-        except (SpoolError, OSError) as exc:
-            if settings.required:
-                raise StartupError(
-                    f"cannot open the spool at {path}: {exc} (set spool.path to a writable "
-                    "directory, or spool.required = false to start without it)"
-                ) from None
-            unavailable = describe(exc) if isinstance(exc, OSError) else str(exc)
-            log.error(
-                "spool.unavailable",
-                path=path,
-                reason=unavailable,
-                hint="running WITHOUT the spool: records go straight to Kafka and nothing "
-                "holds them on disk while Kafka is away; retrying to open it with back-off "
-                "(spool.required = true refuses to start instead)",
-            )
+        spool, unavailable = await _first_open(open_spool, path, required=settings.required)
         forwarder = StoreAndForward(
             spool,
             self.producer,
@@ -510,6 +490,49 @@ class Daemon:
             acked=self.stats.acked,
             in_flight=self.ingest.in_flight,
         )
+
+
+async def _first_open(
+    open_spool: Callable[[], Spool], path: str, *, required: bool
+) -> tuple[Spool | None, str | None]:
+    """Open the spool at start: the spool and None, or what could be opened
+    (nothing, or the spool read-only) and why it is unavailable, said loudly.
+    With ``required``, anything short of a writable spool stops the start."""
+    spool: Spool | None = None
+    try:
+        spool = await trio.to_thread.run_sync(open_spool)
+    except ValueError as exc:
+        raise StartupError(f"spool: {exc}") from None
+    except (SpoolError, OSError) as exc:
+        reason = describe(exc) if isinstance(exc, OSError) else str(exc)
+        detail = str(exc)
+        hint = (
+            "running WITHOUT the spool: records go straight to Kafka and nothing holds "
+            "them on disk while Kafka is away; retrying to open it with back-off"
+        )
+    else:
+        if not spool.read_only:
+            return spool, None
+        reason = detail = READ_ONLY
+        hint = (
+            "opened read-only: the records it holds are drained, new ones go straight to "
+            "Kafka; it is opened for writing once the file system is writable again"
+        )
+    if required:
+        if spool is not None:
+            spool.close()
+        raise StartupError(
+            f"cannot open the spool at {path}: {detail} (set spool.path to a writable "
+            "directory, or spool.required = false to start without it)"
+        )
+    log.error(
+        "spool.unavailable",
+        path=path,
+        reason=reason,
+        records_pending=spool.stats().records_pending if spool is not None else None,
+        hint=f"{hint} (spool.required = true refuses to start instead)",
+    )
+    return spool, reason
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:

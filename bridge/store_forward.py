@@ -40,6 +40,8 @@ the spool takes records again.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -56,6 +58,8 @@ log = structlog.get_logger(__name__)
 DRAIN_BATCH = 2000
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
+READ_ONLY = describe(OSError(errno.EROFS, os.strerror(errno.EROFS)))
+"""Why a spool opened read-only is unavailable."""
 
 
 class Waiter(Protocol):
@@ -145,7 +149,7 @@ class StoreAndForward:
         # Takes back a record held for an unavailable spool: to Kafka.
         self.on_release: Callable[[Outgoing, Waiter], None] | None = None
         if unavailable is not None:  # the daemon has said why, loudly
-            self._mark_unavailable(unavailable, gone=True, quiet=True)
+            self._mark_unavailable(unavailable, gone=spool is None, quiet=True)
         if self.active:
             log.info("spool.pending_at_start", records=pending)
             self._stored.set()
@@ -348,7 +352,9 @@ class StoreAndForward:
             except SpoolUnavailable as exc:
                 self._mark_unavailable(exc.reason, gone=exc.gone)
                 return False
-            return True
+            if not spool.read_only:
+                return True
+            # Opened read-only and the disk is writable again: open it for writing.
         if self.open_spool is None:
             return False
         async with self._swap:  # not in the middle of a drain round
@@ -366,6 +372,9 @@ class StoreAndForward:
             self.active = True
             log.info("spool.pending_at_start", records=pending)
             self._stored.set()
+        if self.spool.read_only:  # what it holds drains; nothing can be added
+            self._mark_unavailable(READ_ONLY, gone=False)
+            return False
         return True
 
     # ------------------------------------------------------------------ draining

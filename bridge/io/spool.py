@@ -335,7 +335,19 @@ class Spool:
         self._read_failures = 0
 
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock_fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._read_only = False
+        try:
+            self._lock_fd = os.open(
+                self._dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            # A read-only file system (an SD card the kernel write-protected
+            # after errors) still lets the records the spool holds be drained.
+            # No lock file: the spool never held anything.
+            if exc.errno != errno.EROFS or not (self._dir / "lock").exists():
+                raise
+            self._lock_fd = os.open(self._dir / "lock", os.O_RDONLY | os.O_CLOEXEC)
+            self._read_only = True
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -362,6 +374,12 @@ class Spool:
         """The spool directory."""
         return self._dir
 
+    @property
+    def read_only(self) -> bool:
+        """Opened on a read-only file system: records can be read and drained,
+        none appended, and the drain position is kept in memory only."""
+        return self._read_only
+
     # ------------------------------------------------------------------ recovery
     def _recover(self) -> None:
         self._acked = self._load_cursor()
@@ -385,7 +403,12 @@ class Spool:
         self._durable_seq = self._next_seq - 1
         self._delete_delivered()
         last = self._segments[-1] if self._segments else None
-        if last is not None and last.end_seq == self._next_seq and last.size < self._segment_bytes:
+        if (
+            last is not None
+            and last.end_seq == self._next_seq
+            and last.size < self._segment_bytes
+            and not self._read_only
+        ):
             self._active = last
             self._active_fd = os.open(last.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._sync_point = _SyncPoint(last, last.size, last.end_seq)
@@ -429,7 +452,7 @@ class Spool:
         """Find the end of the valid records of the newest segment; truncate a torn
         tail (logged once, with the byte offset)."""
         self._check_version(path)
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, (os.O_RDONLY if self._read_only else os.O_RDWR) | os.O_CLOEXEC)
         try:
             offset, seq, reason = 0, first_seq, "bad segment header"
             if os.pread(fd, HEADER_SIZE, 0) == SEGMENT_HEADER:
@@ -452,13 +475,16 @@ class Spool:
                     discarded_bytes=size - offset,
                     reason=reason,
                 )
+                if self._read_only:  # cut off when the spool is opened for writing
+                    return _Segment(first_seq, path, max(offset, HEADER_SIZE), offset, seq)
                 os.ftruncate(fd, offset)
                 if offset == 0:
                     os.write(fd, SEGMENT_HEADER)
                     offset = HEADER_SIZE
             # What survived may still be only in the page cache (kill -9): make it
             # durable before it counts as stored.
-            os.fsync(fd)
+            if not self._read_only:
+                os.fsync(fd)
         finally:
             os.close(fd)
         return _Segment(first_seq, path, offset, offset, seq)
@@ -474,6 +500,8 @@ class Spool:
         acknowledged-safe.
         """
         with self._lock:
+            if self._read_only:
+                raise SpoolUnavailable.from_os_error(OSError(errno.EROFS, os.strerror(errno.EROFS)))
             frames = [encode_frame(seq, r) for seq, r in enumerate(records, self._next_seq)]
             for frame in frames:
                 if HEADER_SIZE + len(frame) > self._segment_bytes:
@@ -589,8 +617,16 @@ class Spool:
 
     def probe(self) -> None:
         """Whether the spool can be written again: the directory in place, the
-        cursor written and synced.  Raises :class:`SpoolUnavailable`."""
+        cursor written and synced (opened read-only: the lock file opened for
+        writing; the caller then opens the spool again).  Raises
+        :class:`SpoolUnavailable`."""
         with self._lock:
+            if self._read_only:
+                try:
+                    os.close(os.open(self._dir / "lock", os.O_RDWR | os.O_CLOEXEC))
+                except OSError as exc:
+                    raise SpoolUnavailable.from_os_error(exc) from exc
+                return
             try:
                 self._check_directory()
                 self._write_cursor()
@@ -895,8 +931,11 @@ class Spool:
         except SpoolUnavailable as exc:
             log.warning("spool.closed_unsynced", path=str(self._dir), reason=exc.reason)
         with self._lock:
+            if self._cursor_unsaved:  # a read-only disk writable again, say
+                self._save_cursor()
             pending = self._next_seq - self._first_undelivered()
             self._close_fds()
+
         log.info("spool.closed", path=str(self._dir), records_pending=pending)
 
     def _close_fds(self) -> None:

@@ -245,6 +245,25 @@ def test_spool_full_drop_oldest_loses_no_more_than_it_logs(
     assert lost <= dropped, line
 
 
+def leave_in_spool(setup: BridgeSetup, config: Path, count: int) -> None:
+    """Messages 0..count-1, all acknowledged from the spool while Kafka is
+    frozen, then the daemon killed: they wait in the spool for the next run."""
+    bridge = start(config)
+    messages = [(sequence_topic(n), sequence_payload(n), 1) for n in range(count)]
+    try:
+        with setup.tansu.frozen():
+            publish_many(setup.mosquitto.url, messages)
+            bridge.wait_for_event("spool.active", timeout=20)
+            wait_until(
+                lambda: daemon_metric(setup.listen_port, ACKED) >= count,
+                30,
+                f"the bridge to acknowledge all {count} messages from the spool",
+            )
+            bridge.kill()
+    finally:
+        bridge.kill()
+
+
 def tear_tail(spool_dir: Path, damage: str) -> int:
     """Damage the end of the newest segment as a crash or power loss would, and
     return how many whole records it holds.  ``half_frame``: the first half of
@@ -276,24 +295,8 @@ def test_torn_tail_record_in_the_spool(
     killed, the newest segment's tail torn; the restarted bridge logs the torn
     tail, skips it and delivers every acknowledged message from the spool."""
     config = fault_config(setup)
-    first = start(config)
     spooled = 300
-    messages = [(sequence_topic(n), sequence_payload(n), 1) for n in range(spooled)]
-    try:
-        setup.tansu.pause()
-        try:
-            publish_many(setup.mosquitto.url, messages)
-            first.wait_for_event("spool.active", timeout=20)
-            wait_until(
-                lambda: daemon_metric(setup.listen_port, ACKED) >= spooled,
-                30,
-                f"the bridge to acknowledge all {spooled} messages from the spool",
-            )
-            first.kill()
-        finally:
-            setup.tansu.resume()
-    finally:
-        first.kill()
+    leave_in_spool(setup, config, spooled)
     whole = tear_tail(setup.workdir / "spool", damage)
     second = start(config)
     try:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import BridgeSetup
-from tests.integration.test_faults import FAST_TIMEOUT_MS, fault_config, start
+from tests.integration.test_faults import FAST_TIMEOUT_MS, fault_config, leave_in_spool, start
 from tests.support import BridgeProcess, wait_until
 from tests.support.sequenced import (
     ACKED,
@@ -101,8 +101,10 @@ def readyz(port: int) -> tuple[int, dict[str, Any]]:
         return error.code, json.loads(error.read())
 
 
-def publisher(setup: BridgeSetup) -> SequencePublisher:
-    return SequencePublisher(setup.mosquitto.url, rate=RATE, client_id=f"pub-{setup.unique}")
+def publisher(setup: BridgeSetup, first: int = 0) -> SequencePublisher:
+    return SequencePublisher(
+        setup.mosquitto.url, rate=RATE, client_id=f"pub-{setup.unique}", first=first
+    )
 
 
 def test_disk_full_while_kafka_is_frozen_then_space_freed(
@@ -156,11 +158,15 @@ def test_disk_full_while_kafka_is_frozen_then_space_freed(
 
 
 def test_read_only_spool_at_start(setup: BridgeSetup, request: pytest.FixtureRequest) -> None:
-    """The spool's disk is read-only when the daemon starts.  With
-    ``spool.required = true`` it refuses to start (one line, exit 1).  By
-    default it starts, warns, sends straight to Kafka, and keeps trying; made
-    writable again, the spool is opened and used when Kafka freezes."""
+    """The spool's disk is read-only when the daemon starts, with records of
+    an earlier run in it.  With ``spool.required = true`` the daemon refuses
+    to start (one line, exit 1).  By default it starts, warns, drains those
+    records from the read-only disk, sends new ones straight to Kafka, and
+    keeps trying; made writable again, the spool is opened for writing and
+    used when Kafka freezes."""
+    earlier = 300
     with small_disk(setup.workdir / "spool") as disk:
+        leave_in_spool(setup, fault_config(setup), earlier)
         run("mount", "-o", "remount,ro", str(disk))
         strict = BridgeProcess(fault_config(setup, spool="required = true"))
         try:
@@ -177,14 +183,17 @@ def test_read_only_spool_at_start(setup: BridgeSetup, request: pytest.FixtureReq
         try:
             unavailable = bridge.wait_for_event("spool.unavailable")
             assert "EROFS" in unavailable["reason"], unavailable
+            assert unavailable["records_pending"] == 2 * earlier, unavailable  # clean and raw
+            drained = kafka_tally(setup.tansu.bootstrap, setup.clean, set(range(earlier)))
+            assert not drained.missing, drained.line("drained from the read-only spool")
             status, body = readyz(port)
             assert status == 200, body
             assert body["warnings"] == [f"spool: unavailable: {unavailable['reason']}"], body
             assert daemon_metric(port, AVAILABLE) == 0
-            with publisher(setup) as pub:
-                before = pub.published + RATE
-                pub.wait_published(before)
-                early = kafka_tally(setup.tansu.bootstrap, setup.clean, set(range(before)))
+            with publisher(setup, first=earlier) as pub:
+                pub.wait_published(RATE)
+                straight = set(range(earlier, earlier + RATE))
+                early = kafka_tally(setup.tansu.bootstrap, setup.clean, straight)
                 assert not early.missing, early.line("straight to Kafka without the spool")
                 mark = bridge.mark()
                 run("mount", "-o", "remount,rw", str(disk))
@@ -201,7 +210,13 @@ def test_read_only_spool_at_start(setup: BridgeSetup, request: pytest.FixtureReq
                 pub.wait_published(pub.published + RATE)
                 sent = pub.stop()
             assert bridge.returncode is None, bridge.output_tail()
+            sent |= set(range(earlier))
             result = settle(bridge, setup.tansu.bootstrap, setup.clean, sent)
         finally:
             bridge.kill()
-    check_delivered(request, result, "spool read-only at start", duplicate_bound=DUPLICATES_AT_MOST)
+    check_delivered(
+        request,
+        result,
+        "spool read-only at start, with records of an earlier run",
+        duplicate_bound=DUPLICATES_AT_MOST,
+    )
