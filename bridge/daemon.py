@@ -130,7 +130,11 @@ class Daemon:
     def _mqtt_client(self, mqtt_settings: Any) -> MqttClient:
         subscriptions = [(m.subscription, m.qos) for m in self.plan.mappings]
         client = MqttClient(
-            mqtt_settings, subscriptions, self.ingest.handle_batch, self.runtime.mqtt_tls
+            mqtt_settings,
+            subscriptions,
+            self.ingest.handle_batch,
+            self.runtime.mqtt_tls,
+            max_payload_bytes=self.config.limits.max_payload_bytes,
         )
         self.ingest.mqtt = client
         return client

@@ -89,8 +89,12 @@ class MqttClient:
         subscriptions: Sequence[tuple[str, int]],
         on_batch: BatchHandler,
         tls_context: ssl.SSLContext | None = None,
+        *,
+        max_payload_bytes: int = 65_536,
     ) -> None:
         self.settings = settings
+        # Bounds what the framer buffers of one packet (limits.max_payload_bytes).
+        self.max_payload_bytes = max_payload_bytes
         self.address = parse_mqtt_url(settings.url)
         # Built and checked with the config (bridge.runtime); built here only
         # when the caller did not.
@@ -102,7 +106,7 @@ class MqttClient:
         self.reconnects = 0
         self.paused = False
         self._inbox: list[InboundMessage] = []
-        self._framer = Framer(v5=settings.protocol == "5")
+        self._framer = self._new_framer()
         self._sock: socket.socket | None = None
         self._paho_sock: PahoSocket | None = None
         self._acks = bytearray()  # our PUBACKs and PINGREQs not written yet
@@ -146,6 +150,9 @@ class MqttClient:
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         return client
+
+    def _new_framer(self) -> Framer:
+        return Framer(v5=self.settings.protocol == "5", max_payload=self.max_payload_bytes)
 
     def _connect_properties(self) -> Properties | None:
         if self.settings.protocol != "5":
@@ -397,7 +404,7 @@ class MqttClient:
         self._sock = sock
         self._paho_sock = PahoSocket(sock)
         self._client._sock = self._paho_sock
-        self._framer = Framer(v5=self.settings.protocol == "5")
+        self._framer = self._new_framer()
         self._keepalive = Keepalive(self.settings.keepalive_s, time.monotonic())
         self._inbox = []
         self._acks.clear()
@@ -428,7 +435,7 @@ class MqttClient:
             if other:
                 paho_sock.give(other)
                 while paho_sock.has_data:
-                    rc = client.loop_read()
+                    rc = _paho_read(client)
                     if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         raise ConnectionLost(f"read failed: {paho.error_string(rc)}")
             if len(data) < RECV_BYTES:
@@ -504,6 +511,19 @@ class MqttClient:
         if keepalive.ping_due(now):
             keepalive.pinged(now)
             self._acks += PINGREQ
+
+
+def _paho_read(client: paho.Client) -> MQTTErrorCode:
+    """paho handles one packet the fast lane passed on.  paho turns most
+    malformed packets into an error code, but not all (a broken SUBACK or
+    CONNACK can raise from its decoders): whatever it raises ends this
+    connection, never the daemon."""
+    try:
+        return client.loop_read()
+    except Exception as exc:  # the barrier: any error here is the broker's
+        raise ConnectionLost(
+            f"malformed packet from the broker: paho raised {type(exc).__name__}: {exc}"
+        ) from None
 
 
 async def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -104,53 +104,129 @@ def _user_properties(data: bytes, pos: int, end: int) -> list[tuple[str, str]] |
     return found
 
 
+#: Room for what precedes the payload in a PUBLISH: a topic of up to 65,535
+#: bytes with its length, the packet id and MQTT 5 properties.
+HEADER_ROOM = 256 * 1024
+
+
 class Framer:
     """Cuts the received byte stream into packets, keeping a partial one for
-    the next call."""
+    the next call.
 
-    def __init__(self, *, v5: bool) -> None:
+    Memory is bounded: a packet may be at most ``max_payload`` plus
+    :data:`HEADER_ROOM` bytes.  A larger PUBLISH is not buffered whole: it is
+    decoded from its first bytes, its payload cut there (still larger than
+    ``max_payload``, so the normalizer refuses it as ``payload_too_large`` and
+    it is acknowledged like any dead letter; refusing the connection instead
+    would make the broker deliver it again at every reconnect), and the rest of
+    it is skipped as it arrives.  Any other packet that large is refused
+    (:class:`MalformedPacket`): no broker sends one.
+
+    Time is linear in the bytes received: a packet arriving in many reads is
+    joined once, when it is complete, not copied again at every read.
+    """
+
+    def __init__(self, *, v5: bool, max_payload: int = 65_536) -> None:
         self.v5 = v5
-        self._rest = b""
+        self.max_packet = max_payload + HEADER_ROOM
+        self._rest = b""  # the start of an incomplete packet
+        self._more: list[bytes] = []  # bytes received after _rest, not joined yet
+        self._have = 0  # len(_rest) plus the sizes in _more
+        self._need = 0  # _have must reach this before decoding is tried again
+        self._skip = 0  # bytes still to discard of an oversized PUBLISH
+        self._skipped: InboundMessage | None = None  # handed on once they are
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of an incomplete packet (never more than a packet may be)."""
+        return self._have
 
     def feed(self, data: bytes) -> tuple[list[InboundMessage], bytes]:
         """Decode what ``data`` completes: the QoS 0/1 PUBLISH messages, and the
         bytes of every other complete packet, in order, for paho."""
-        if self._rest:
-            data = self._rest + data
         messages: list[InboundMessage] = []
+        if self._skip:
+            if len(data) < self._skip:
+                self._skip -= len(data)
+                return messages, b""
+            data = data[self._skip :]
+            self._skip = 0
+            assert self._skipped is not None
+            messages.append(self._skipped)
+            self._skipped = None
+        if self._have:
+            self._have += len(data)
+            if self._have < self._need:
+                self._more.append(data)
+                return messages, b""
+            data = b"".join([self._rest, *self._more, data])
+            self._more.clear()
         other = bytearray()
+        pos, need = self._cut(data, messages, other)
+        self._rest = data[pos:]
+        self._have = len(self._rest)
+        self._need = need
+        return messages, bytes(other)
+
+    def _cut(
+        self, data: bytes, messages: list[InboundMessage], other: bytearray
+    ) -> tuple[int, int]:
+        """Decode the complete packets of ``data``; returns where the incomplete
+        rest starts and how many bytes it needs before it is worth a look."""
         end = len(data)
         pos = 0
         v5 = self.v5
+        max_packet = self.max_packet
         while pos < end:
             first = data[pos]
             length = _varint(data, pos + 1, end)
             if length is None:
-                break
+                return pos, end - pos + 1
             size, body = length
             stop = body + size
-            if stop > end:
-                break
+            kind = first & 0xF0
             qos = (first >> 1) & 3
-            if first & 0xF0 != PUBLISH or qos == 2:
+            if size > max_packet:
+                if kind != PUBLISH or qos > 1:
+                    raise MalformedPacket(
+                        f"a packet of {size} bytes, more than the {max_packet} accepted"
+                    )
+                kept = body + max_packet
+                if kept > end:
+                    return pos, kept - pos
+                message = _oversized_publish(data, first, qos, body, kept)
+                if stop > end:
+                    self._skip, self._skipped = stop - end, message
+                    return end, 0
+                messages.append(message)
+            elif stop > end:
+                return pos, stop - pos
+            elif kind != PUBLISH or qos == 2:
                 other += data[pos:stop]
+            elif qos == 3:
+                raise MalformedPacket("PUBLISH with QoS 3")
             else:
                 messages.append(_publish(data, first, qos, body, stop, v5))
             pos = stop
-        self._rest = data[pos:]
-        return messages, bytes(other)
+        return pos, 0
+
+
+def _topic_and_mid(data: bytes, qos: int, body: int) -> tuple[str, int, int]:
+    """The topic and packet id (0 at QoS 0) at the start of a PUBLISH body,
+    and where what follows them starts."""
+    cursor = body + 2 + ((data[body] << 8) | data[body + 1])
+    topic = data[body + 2 : cursor].decode("utf-8", "replace")
+    mid = 0
+    if qos:
+        mid = (data[cursor] << 8) | data[cursor + 1]
+        cursor += 2
+    return topic, mid, cursor
 
 
 def _publish(data: bytes, first: int, qos: int, body: int, stop: int, v5: bool) -> InboundMessage:
     """Decode the PUBLISH packet whose body is ``data[body:stop]``."""
     try:
-        topic_size = (data[body] << 8) | data[body + 1]
-        cursor = body + 2 + topic_size
-        topic = data[body + 2 : cursor].decode("utf-8", "replace")
-        mid = 0
-        if qos:
-            mid = (data[cursor] << 8) | data[cursor + 1]
-            cursor += 2
+        topic, mid, cursor = _topic_and_mid(data, qos, body)
         user_properties = None
         if v5:
             props = _varint(data, cursor, stop)
@@ -165,6 +241,14 @@ def _publish(data: bytes, first: int, qos: int, body: int, stop: int, v5: bool) 
     if cursor > stop:
         raise MalformedPacket("PUBLISH header longer than the packet")
     return InboundMessage(topic, data[cursor:stop], qos, bool(first & 1), mid, user_properties)
+
+
+def _oversized_publish(data: bytes, first: int, qos: int, body: int, kept: int) -> InboundMessage:
+    """A PUBLISH larger than the framer accepts, from its first bytes
+    ``data[body:kept]``: topic and packet id; the rest of what was kept stands
+    for the payload (MQTT 5 properties included, which are not decoded)."""
+    topic, mid, cursor = _topic_and_mid(data, qos, body)
+    return InboundMessage(topic, data[cursor:kept], qos, bool(first & 1), mid, None)
 
 
 def puback(mid: int) -> bytes:

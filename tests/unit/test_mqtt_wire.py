@@ -4,13 +4,18 @@ implementation of the MQTT 5 property format, not against itself."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import socket
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.io.mqtt_wire import Framer, MalformedPacket, PahoSocket, puback
+from bridge.io.mqtt_wire import Framer, InboundMessage, MalformedPacket, PahoSocket, puback
 from tests.support.flood import varint
 
 
@@ -135,3 +140,110 @@ def test_paho_socket_serves_only_what_it_was_given() -> None:
         wrapped.send(b"out")  # writes go to the real socket
         assert right.recv(3) == b"out"
         assert wrapped.fileno() == left.fileno()
+
+
+def _feed_in_pieces(
+    framer: Framer, data: bytes, sizes: list[int]
+) -> tuple[list[InboundMessage], bytes]:
+    """Feed ``data`` cut into pieces of ``sizes`` (cycled), as reads would bring it."""
+    messages: list[InboundMessage] = []
+    other = b""
+    pos = 0
+    for size in itertools.cycle(sizes or [len(data) or 1]):
+        if pos >= len(data):
+            return messages, other
+        got, passed = framer.feed(data[pos : pos + size])
+        messages += got
+        other += passed
+        pos += size
+    raise AssertionError("unreachable")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=3000),
+    sizes=st.lists(st.integers(1, 300), max_size=8),
+    v5=st.booleans(),
+)
+def test_random_bytes_are_decoded_or_refused_never_anything_else(
+    data: bytes, sizes: list[int], v5: bool
+) -> None:
+    """Whatever a broker (or something pretending to be one) sends, the framer
+    either decodes it or raises MalformedPacket, the one refusal the client
+    turns into a closed connection."""
+    framer = Framer(v5=v5, max_payload=64)
+    with contextlib.suppress(MalformedPacket):
+        _feed_in_pieces(framer, data, sizes)
+    assert framer.buffered <= framer.max_packet + 5
+
+
+_OTHER_PACKETS = [b"\x20\x02\x00\x00", b"\x90\x03\x00\x01\x01", b"\xd0\x00", b"\x40\x02\x00\x09"]
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> tuple[bool, bytes, list[tuple[str, bytes, int, int]], bytes]:
+    """A valid stream of packets: (v5, bytes, the PUBLISH messages, the rest)."""
+    v5 = draw(st.booleans())
+    data, expected, other = b"", [], b""
+    for _ in range(draw(st.integers(0, 12))):
+        if draw(st.integers(0, 4)) == 0:
+            packet = draw(st.sampled_from(_OTHER_PACKETS))
+            data, other = data + packet, other + packet
+            continue
+        topic = draw(st.text(min_size=1, max_size=40).filter(lambda t: "\x00" not in t))
+        payload = draw(st.binary(max_size=400))
+        qos = draw(st.integers(0, 1))
+        mid = draw(st.integers(1, 65_535)) if qos else 0
+        data += _publish_packet(topic, payload, qos, v5=v5, mid=mid)
+        expected.append((topic, payload, qos, mid))
+    return v5, data, expected, other
+
+
+@settings(max_examples=100, deadline=None)
+@given(stream=_streams(), sizes=st.lists(st.integers(1, 200), max_size=8))
+def test_a_valid_stream_decodes_the_same_however_it_is_cut(
+    stream: tuple[bool, bytes, list[tuple[str, bytes, int, int]], bytes], sizes: list[int]
+) -> None:
+    v5, data, expected, other = stream
+    framer = Framer(v5=v5)
+    messages, passed = _feed_in_pieces(framer, data, sizes)
+    assert [(m.topic, m.payload, m.qos, m.mid) for m in messages] == expected
+    assert passed == other
+    assert framer.buffered == 0
+
+
+def test_an_oversized_publish_is_cut_not_buffered_and_the_stream_goes_on() -> None:
+    framer = Framer(v5=True, max_payload=1000)
+    big = _publish_packet("tenant/t1/device/BIG/telemetry", b"z" * 2_000_000, 1, v5=True, mid=77)
+    after = _publish_packet("tenant/t1/device/D1/telemetry", b'{"ok":1}', 1, v5=True, mid=78)
+    held = 0
+    messages: list[InboundMessage] = []
+    data = big + after + b"\xd0\x00"
+    for pos in range(0, len(data), 7000):
+        got, _ = framer.feed(data[pos : pos + 7000])
+        messages += got
+        held = max(held, framer.buffered)
+    oversized, normal = messages
+    assert (oversized.topic, oversized.mid) == ("tenant/t1/device/BIG/telemetry", 77)
+    # Still over the limit: the normalizer refuses it as payload_too_large.
+    assert 1000 < len(oversized.payload) <= framer.max_packet
+    assert (normal.payload, normal.mid) == (b'{"ok":1}', 78)
+    assert held <= framer.max_packet + 7000
+
+
+def test_an_oversized_packet_other_than_publish_is_refused() -> None:
+    framer = Framer(v5=False, max_payload=10)
+    with pytest.raises(MalformedPacket, match="more than the"):
+        framer.feed(b"\x90" + varint(framer.max_packet + 1))
+
+
+def test_a_large_packet_in_many_reads_costs_linear_time() -> None:
+    """A 16 MB packet arriving 4 KB at a time is joined once: copying what was
+    held at every read took seconds (quadratic); this takes milliseconds."""
+    framer = Framer(v5=False, max_payload=32 * 1024 * 1024)
+    data = _publish_packet("a/b", b"q" * 16 * 1024 * 1024, 1, v5=False)
+    started = time.process_time()
+    messages, _ = _feed_in_pieces(framer, data, [4096])
+    spent = time.process_time() - started
+    assert len(messages) == 1 and len(messages[0].payload) == 16 * 1024 * 1024
+    assert spent < 2.0, f"{spent:.1f} s of CPU"
