@@ -12,7 +12,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.conftest import BridgeSetup
-from tests.support import BridgeProcess, Mosquitto, kafka_read
+from tests.support import BridgeProcess, Mosquitto, kafka_read, publish_many
 from tests.support.certs import issue as _issue
 from tests.support.certs import write_pem as _write
 
@@ -101,3 +101,67 @@ def test_username_and_password(setup: BridgeSetup, tmp_path: Path) -> None:
             (record,) = kafka_read(setup.tansu.bootstrap, setup.clean, expected=1)
             assert bridge.stop() == 0
     assert record.key == b"t1:PW-1"
+
+
+def _documented_acl() -> str:
+    """The per-device ACL file of docs/security.md, as written there."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    blocks = text.split("```")[1::2]
+    (acl,) = [block for block in blocks if "user DEV-A" in block]
+    return acl
+
+
+def test_devices_bound_to_their_tenant_by_the_broker_and_the_bridge(
+    setup: BridgeSetup, tmp_path: Path
+) -> None:
+    """Item 12 of issue 10: the documented ACL lets DEV-A publish only under
+    acme, so its publish under othercorp never reaches the bridge; a device the
+    broker lets through under any tenant (DEV-C, a looser rule) is refused by
+    the bridge itself from its device registry."""
+    mosquitto_passwd = shutil.which("mosquitto_passwd")
+    assert mosquitto_passwd, "mosquitto_passwd comes with Debian's mosquitto package"
+    passwords = tmp_path / "passwd"
+    for n, user in enumerate(("edge-bridge", "DEV-A", "DEV-B", "DEV-C")):
+        create = ["-c"] if n == 0 else []
+        subprocess.run(
+            [mosquitto_passwd, "-b", *create, str(passwords), user, f"pw-{user}"],
+            check=True,
+            timeout=10,
+        )
+    acl = tmp_path / "acl"
+    loose = "\nuser DEV-C\ntopic write tenant/+/device/DEV-C/telemetry\n"
+    acl.write_text(_documented_acl() + loose)
+    auth = f"allow_anonymous false\npassword_file {passwords}\nacl_file {acl}\n"
+    registry = "[devices.acme.DEV-A]\n[devices.othercorp.DEV-B]\n[devices.acme.DEV-C]\n"
+    with Mosquitto(tmp_path / "acl-broker", extra_config=auth) as broker:
+        config = setup.config(
+            registry,
+            mqtt_url=broker.url,
+            mqtt_extra='username = "edge-bridge"\npassword = "pw-edge-bridge"',
+        )
+        with BridgeProcess(config) as bridge:
+            bridge.wait_for_event("bridge.ready", timeout=30)
+            for device, tenant in (
+                ("DEV-A", "othercorp"),  # refused by the broker
+                ("DEV-A", "acme"),
+                ("DEV-B", "othercorp"),
+                ("DEV-C", "othercorp"),  # let through, refused by the bridge
+            ):
+                publish_many(
+                    broker.url,
+                    [(f"tenant/{tenant}/device/{device}/telemetry", PAYLOAD, 1)],
+                    username=device,
+                    password=f"pw-{device}",
+                )
+            clean = kafka_read(setup.tansu.bootstrap, setup.clean, expected=2)
+            dead = kafka_read(setup.tansu.bootstrap, setup.dlq, expected=1)
+            assert bridge.stop() == 0
+    assert sorted((r.headers["tenant"], r.headers["device"]) for r in clean) == [
+        (b"acme", b"DEV-A"),
+        (b"othercorp", b"DEV-B"),
+    ]
+    (letter,) = dead
+    assert letter.json()["reason"] == "device_tenant_mismatch"
+    assert letter.json()["detail"] == (
+        "device 'DEV-C' is registered for tenant 'acme', not for 'othercorp'"
+    )
