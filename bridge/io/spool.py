@@ -397,9 +397,12 @@ class Spool:
                 end_seq = found[index + 1][0]
                 segments.append(_Segment(first_seq, path, size, size, end_seq))
             else:
-                segments.append(self._scan_tail(first_seq, path, size))
+                tail = self._scan_tail(first_seq, path, size)
+                if tail is not None:
+                    segments.append(tail)
         self._segments = segments
-        self._next_seq = max(segments[-1].end_seq if segments else 1, self._acked + 1)
+        newest = found[-1][0] if found else 1  # its name, even if it held nothing
+        self._next_seq = max(segments[-1].end_seq if segments else 1, self._acked + 1, newest)
         self._durable_seq = self._next_seq - 1
         self._delete_delivered()
         last = self._segments[-1] if self._segments else None
@@ -448,9 +451,12 @@ class Spool:
         ):
             raise SpoolError(f"{path}: unsupported spool segment version {header[-1]}")
 
-    def _scan_tail(self, first_seq: int, path: Path, size: int) -> _Segment:
+    def _scan_tail(self, first_seq: int, path: Path, size: int) -> _Segment | None:
         """Find the end of the valid records of the newest segment; truncate a torn
-        tail (logged once, with the byte offset)."""
+        tail (logged once, with the byte offset).  A segment torn before the end
+        of its header holds nothing and is deleted (None): writing the header
+        again could fail on the full disk that tore it, and the spool must open
+        on a full disk to drain, which is what frees it."""
         self._check_version(path)
         fd = os.open(path, (os.O_RDONLY if self._read_only else os.O_RDWR) | os.O_CLOEXEC)
         try:
@@ -477,10 +483,12 @@ class Spool:
                 )
                 if self._read_only:  # cut off when the spool is opened for writing
                     return _Segment(first_seq, path, max(offset, HEADER_SIZE), offset, seq)
-                os.ftruncate(fd, offset)
                 if offset == 0:
-                    os.write(fd, SEGMENT_HEADER)
-                    offset = HEADER_SIZE
+                    path.unlink()
+                    self._dir_dirty = True
+                    return None
+                os.ftruncate(fd, offset)
+
             # What survived may still be only in the page cache (kill -9): make it
             # durable before it counts as stored.
             if not self._read_only:

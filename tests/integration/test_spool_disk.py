@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from bridge.core.spool_format import HEADER_SIZE, decode_frames
 from tests.integration.conftest import BridgeSetup
 from tests.integration.test_faults import FAST_TIMEOUT_MS, fault_config, leave_in_spool, start
 from tests.support import BridgeProcess, wait_until
@@ -220,3 +221,32 @@ def test_read_only_spool_at_start(setup: BridgeSetup, request: pytest.FixtureReq
         "spool read-only at start, with records of an earlier run",
         duplicate_bound=DUPLICATES_AT_MOST,
     )
+
+
+def test_restart_on_a_full_disk_drains_the_spool(
+    setup: BridgeSetup, request: pytest.FixtureRequest
+) -> None:
+    """The disk filled up and the daemon died opening a segment (an empty file,
+    no header): it starts again on the still full disk, opens the spool
+    without writing, drains what it holds to Kafka, and so frees the disk."""
+    earlier = 300
+    config = fault_config(setup, spool=SPOOL)
+    with small_disk(setup.workdir / "spool") as disk:
+        leave_in_spool(setup, config, earlier)
+        newest = max(disk.glob("*.seg"))
+        first = int(newest.stem)
+        held = decode_frames(newest.read_bytes()[HEADER_SIZE:], first).entries
+        (disk / f"{first + len(held):020d}.seg").touch()  # opened, header never written
+        fill(disk, 0)
+        bridge = start(config)
+        try:
+            torn = bridge.wait_for_event("spool.torn_tail")
+            assert torn["offset"] == 0, torn
+            pending = bridge.wait_for_event("spool.pending_at_start")
+            assert pending["records"] == 2 * earlier, pending
+            bridge.wait_for_event("spool.drained", timeout=60)
+            assert not bridge.events("spool.unavailable"), bridge.output_tail()
+            result = settle(bridge, setup.tansu.bootstrap, setup.clean, set(range(earlier)))
+        finally:
+            bridge.kill()
+    check_delivered(request, result, "restart on a full disk", duplicate_bound=0)
