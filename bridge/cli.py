@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     try_mapping.add_argument("file", help="a main config or a mapping file")
     try_mapping.add_argument("--topic", required=True)
     try_mapping.add_argument("--payload", help="the payload (default: read stdin)")
+    try_mapping.add_argument(
+        "--payload-file", help="read the payload from this file (binary, e.g. Sparkplug B)"
+    )
+    try_mapping.add_argument(
+        "--birth-file",
+        help="Sparkplug B: an NBIRTH/DBIRTH payload for the same node/device, applied first",
+    )
     return parser
 
 
@@ -89,18 +96,37 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _try_mapping(path: str, topic: str, payload_text: str | None) -> int:
+def _read_payload(args: argparse.Namespace) -> bytes:
+    if args.payload_file is not None:
+        return Path(args.payload_file).read_bytes()
+    if args.payload is not None:
+        return str(args.payload).encode()
+    return sys.stdin.buffer.read()
+
+
+def _try_mapping(args: argparse.Namespace) -> int:
+    topic = args.topic
     try:
-        _, plan = _load(path)
+        _, plan = _load(args.file)
+        payload = _read_payload(args)
+        birth = Path(args.birth_file).read_bytes() if args.birth_file else None
     except (ConfigError, PlanError) as exc:
         _print_errors(exc.errors)
         return EXIT_CONFIG
-    payload = payload_text.encode() if payload_text is not None else sys.stdin.buffer.read()
-    trial = try_message(plan, topic, payload, time.time_ns() // 1_000_000)
+    except OSError as exc:
+        print(f"error: cannot read the payload: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    trial = try_message(plan, topic, payload, time.time_ns() // 1_000_000, birth=birth)
     if trial.mapping is None:
         print(f"no mapping matches topic {topic!r}", file=sys.stderr)
         return 1
-    result = {"mapping": trial.mapping, "duplicate": trial.duplicate, "records": trial.records}
+    result: dict[str, object] = {
+        "mapping": trial.mapping,
+        "duplicate": trial.duplicate,
+        "records": trial.records,
+    }
+    if trial.sparkplug is not None:
+        result["sparkplug"] = trial.sparkplug
     print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
     return 0 if not trial.dead_letters else 1
 
@@ -170,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args.file)
         if args.command == "try-mapping":
-            return _try_mapping(args.file, args.topic, args.payload)
+            return _try_mapping(args)
     except BrokenPipeError:
         # The reader went away (``| head``): not an error of ours.  Point stdout
         # at /dev/null so that flushing it at exit does not raise again.

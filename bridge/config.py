@@ -634,6 +634,9 @@ class Config(_Section):
     health: HealthSettings = msgspec.field(default_factory=HealthSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
     alarms_topic: str = "telemetry.alarms"
+    # Where state that must survive a restart lives (Sparkplug B alias tables);
+    # empty: the directory holding the spool (systemd's $STATE_DIRECTORY).
+    state_dir: str = ""
     metrics: dict[str, MetricSpec] = msgspec.field(default_factory=dict)
     devices: dict[str, dict[str, DeviceSpec]] = msgspec.field(default_factory=dict)
     mappings: list[Mapping] = msgspec.field(default_factory=list)

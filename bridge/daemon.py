@@ -58,6 +58,7 @@ from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
 from bridge.io.spool import Spool, SpoolError, SpoolStats, describe
 from bridge.runtime import Runtime, spool_path
+from bridge.sparkplug_store import StateSaver, load_state
 from bridge.stats import IngestStats
 from bridge.store_forward import READ_ONLY, StoreAndForward
 from bridge.stream.consumer import KafkaSource
@@ -105,9 +106,14 @@ class Daemon:
         self.watch = watch
         self.plan = runtime.plan
         self.stats = IngestStats()
-        self.normalizer = Normalizer(runtime.plan)
+        # Sparkplug alias tables and sequence state: one object for the daemon's
+        # life, shared by the Normalizer of every reload, saved in the state dir.
+        state_directory = state_dir(config, dict(os.environ))
+        self.sparkplug = StateSaver(load_state(state_directory), state_directory)
+        self.normalizer = Normalizer(runtime.plan, sparkplug_state=self.sparkplug.state)
         self.producer = KafkaProducer(config.kafka, client_id=f"edge-bridge-{socket.gethostname()}")
         self.ingest = Ingest(self.normalizer, self.producer, self.stats)
+        self.ingest.sparkplug_changed = self.sparkplug.changed
         self.producer.after_reports = self.ingest.after_reports
         self.mqtt: MqttClient | None = None
         self.forwarder: StoreAndForward | None = None
@@ -169,6 +175,7 @@ class Daemon:
                 else:
                     log.info("mqtt.external_broker", url=config.mqtt.url)
                 nursery.start_soon(self.producer.run)
+                nursery.start_soon(self.sparkplug.run)
                 await self._start_spool(nursery)
                 self.mqtt = self._mqtt_client(mqtt_settings)
                 self._first_run_secret()
@@ -354,6 +361,7 @@ class Daemon:
                 try_refused=lambda: self.console.try_refused if self.console else {},
                 alarms=lambda: self.normalizer.alarms,
                 reloads=lambda: self.reloads,
+                sparkplug=self._sparkplug_counts,
             )
         )
 
@@ -374,6 +382,11 @@ class Daemon:
         stream.router.add("/metrics", metrics_endpoint)
         stream.router.add("/healthz", healthz)
         stream.router.add("/readyz", readyz)
+
+    def _sparkplug_counts(self) -> dict[str, int] | None:
+        if self.normalizer.sparkplug is None:
+            return None
+        return dataclasses.asdict(self.sparkplug.state.counters)
 
     async def _refresh_spool_snapshot(self) -> None:
         """Spool.stats() takes the spool's lock, which an fsync may hold: read it
@@ -444,7 +457,9 @@ class Daemon:
         config, plan = runtime.config, runtime.plan
         changed = _restart_only_changes(self.config, config)
         self.runtime, self.config, self.plan = runtime, config, plan
-        self.normalizer = Normalizer(plan, previous=self.normalizer)
+        self.normalizer = Normalizer(
+            plan, previous=self.normalizer, sparkplug_state=self.sparkplug.state
+        )
         self.ingest.normalizer = self.normalizer
         if self.mqtt is not None:
             self.mqtt.set_subscriptions([(m.subscription, m.qos) for m in plan.mappings])
@@ -488,6 +503,8 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.flush_writes()
             await self.mqtt.disconnect()
+        if self.sparkplug.state.nodes:
+            await self.sparkplug.save()
         log.info(
             "bridge.stopped",
             received=sum(self.stats.received.values()),
@@ -547,6 +564,14 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
         for name in ("mqtt", "kafka", "listen", "spool", "commands")
         if getattr(old, name) != getattr(new, name)
     ]
+
+
+def state_dir(config: Config, environ: dict[str, str]) -> str:
+    """Where state that must survive a restart is kept: ``state_dir`` when set,
+    else the directory that holds the spool."""
+    if config.state_dir:
+        return config.state_dir
+    return os.path.dirname(os.path.abspath(spool_path(config.spool.path, environ)))
 
 
 def tune_gc() -> None:

@@ -35,6 +35,7 @@ import structlog
 
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.records import Outgoing
+from bridge.core.sparkplug_mapping import SparkplugMapper
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient
 from bridge.io.mqtt_wire import InboundMessage
@@ -87,6 +88,10 @@ class Ingest:
         self._dropped_log = SampledLog("ingest.qos0_dropped", level="error")
         self._truncated_log = SampledLog("ingest.user_properties_truncated")
         self._internal_log = SampledLog("ingest.internal_error", level="error")
+        # Told when a batch changed the Sparkplug state (births, deaths): saves it.
+        self.sparkplug_changed: Callable[[], None] | None = None
+        self._gap_log = SampledLog("sparkplug.seq_gap")
+        self._rebirth_log = SampledLog("sparkplug.rebirth_requested", level="info")
 
     # ------------------------------------------------------------------ MQTT side
     def handle_batch(self, messages: list[InboundMessage], generation: int) -> None:
@@ -143,6 +148,21 @@ class Ingest:
             for mid in acks:
                 self.mqtt.ack(generation, mid)
             stats.acked += len(acks)
+        sparkplug = self.normalizer.sparkplug
+        if sparkplug is not None:
+            self._sparkplug_after_batch(sparkplug)
+
+    def _sparkplug_after_batch(self, sparkplug: SparkplugMapper) -> None:
+        """Publish the rebirth requests the batch asked for, log its seq gaps
+        (sampled), and have a changed state saved."""
+        for topic, payload in sparkplug.take_commands():
+            self._rebirth_log(topic=topic)
+            if self.mqtt is not None and self.mqtt.connected:
+                self.mqtt.publish(topic, payload, qos=0)
+        for topic, expected, received in sparkplug.take_gaps():
+            self._gap_log(topic=topic, expected=expected, received=received)
+        if sparkplug.state.dirty and self.sparkplug_changed is not None:
+            self.sparkplug_changed()
 
     def _internal_error(self, error: Exception, topic: str, mapping: str | None = None) -> None:
         """The core failed on a message (a bug): count it, log it with its

@@ -135,6 +135,10 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     # operations
     ("config_reloads", "counter", ("result",),
      "Config reloads (SIGHUP or --watch-config) applied, or refused with the old config kept."),
+    # Sparkplug B
+    ("sparkplug_events", "counter", ("kind",),
+     "Sparkplug B bookkeeping: seq_gaps, null_metrics, dead_device_data, stale_deaths, "
+     "rebirths_requested."),
 )  # fmt: skip
 
 #: Every family the collector can yield, by short name (without the prefix).
@@ -226,6 +230,8 @@ class Sources:
     alarms: Callable[[], AlarmView] | None = None
     #: Reloads by result: ``applied``, ``refused``.
     reloads: Callable[[], Mapping[str, int]] | None = None
+    # Sparkplug B counters by kind, None while no mapping is sparkplug_b.
+    sparkplug: Callable[[], Mapping[str, int] | None] | None = None
 
 
 def _counter(key: str, value: float | None = None) -> CounterMetricFamily:
@@ -291,6 +297,9 @@ class BridgeCollector:
             yield _per_label(
                 "config_reloads", {result: counts.get(result, 0) for result in RELOAD_RESULTS}
             )
+        sparkplug_counts = self.sources.sparkplug() if self.sources.sparkplug is not None else None
+        if sparkplug_counts is not None:
+            yield _per_label("sparkplug_events", sparkplug_counts)
 
     def _ingest(self) -> Iterator[Metric]:
         stats = self.sources.stats

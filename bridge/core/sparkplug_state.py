@@ -425,7 +425,7 @@ class SparkplugState:
         return state
 
     def describe(self) -> dict[str, object]:
-        """The alias tables in use, for ``try-mapping``."""
+        """The alias tables in use, by ``<group>/<edge node>[/<device>]``."""
         out: dict[str, object] = {}
         for (group, edge_node), node in self.nodes.items():
             out[f"{group}/{edge_node}"] = _describe(node.table, node.online)
@@ -442,6 +442,31 @@ def _describe(table: AliasTable, online: bool) -> dict[str, object]:
             for name, dt, alias in table.rows()
         ],
     }
+
+
+def explain(state: SparkplugState) -> dict[str, object]:
+    """For ``try-mapping``: the alias tables, and what each alias of a DATA
+    message on each node's or device's topic would resolve to."""
+    resolves: dict[str, dict[str, str]] = {}
+    tables: list[tuple[tuple[str, str, str | None], AliasTable]]
+    tables = [((g, n, None), node.table) for (g, n), node in state.nodes.items()]
+    tables += [((g, n, d), device.table) for (g, n, d), device in state.devices.items()]
+    for (group, edge_node, device), table in tables:
+        topic = f"spBv1.0/{group}/{'DDATA' if device else 'NDATA'}/{edge_node}"
+        topic += f"/{device}" if device else ""
+        resolves[topic] = {
+            f"alias {alias}": f"{name} ({datatype_name(dt)})"
+            for alias, (name, dt) in sorted(table.by_alias.items())
+        }
+    return {"alias_tables": state.describe(), "data_would_resolve": resolves}
+
+
+def birth_topic(topic: str) -> str:
+    """The birth topic of the node or device a Sparkplug topic is about."""
+    levels = topic.split("/")
+    if len(levels) >= 4:
+        levels[2] = "DBIRTH" if len(levels) == 5 else "NBIRTH"
+    return "/".join(levels)
 
 
 def _bd_seq(payload: Payload) -> int | None:

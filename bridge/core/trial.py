@@ -10,13 +10,15 @@ produced.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import msgspec
 
-from bridge.core.normalize import Normalizer, Now
+from bridge.core.normalize import Normalizer, Now, payload_text
 from bridge.core.plan import Plan
 from bridge.core.records import Outgoing
+from bridge.core.sparkplug_state import birth_topic, explain
 
 
 class Trial(msgspec.Struct):
@@ -28,14 +30,22 @@ class Trial(msgspec.Struct):
     duplicate: bool
     records: list[dict[str, Any]]
     dead_letters: list[str]
+    # Sparkplug B mappings: the alias tables and what DATA aliases resolve to.
+    sparkplug: dict[str, object] | None = None
 
 
-def describe_record(record: Outgoing) -> dict[str, Any]:
-    """A record as JSON data: the value decoded when it is JSON, else as text."""
+def describe_record(record: Outgoing, binary: bool = False) -> dict[str, Any]:
+    """A record as JSON data: the value decoded when it is JSON, else as text,
+    or as ``{"base64": ...}`` when it is ``binary`` (Sparkplug's protobuf) or
+    not UTF-8."""
     try:
         value: object = msgspec.json.decode(record.value)
     except msgspec.DecodeError:
-        value = record.value.decode("utf-8", "replace")
+        text, encoding = payload_text(record.value)
+        if binary or encoding == "base64":
+            value = {"base64": base64.b64encode(record.value).decode("ascii")}
+        else:
+            value = text
     return {
         "topic": record.topic,
         "key": record.key.decode("utf-8", "replace") if record.key else None,
@@ -44,12 +54,24 @@ def describe_record(record: Outgoing) -> dict[str, Any]:
     }
 
 
-def try_message(plan: Plan, topic: str, payload: bytes, now_ms: int) -> Trial:
-    """Run one message through ``plan`` as ingest would at ``now_ms``."""
-    outcome = Normalizer(plan).process(topic, payload, Now(now_ms))
+def try_message(
+    plan: Plan, topic: str, payload: bytes, now_ms: int, birth: bytes | None = None
+) -> Trial:
+    """Run one message through ``plan`` as ingest would at ``now_ms``.  For a
+    Sparkplug B mapping, ``birth`` (an NBIRTH or DBIRTH payload of the same
+    node or device) is applied first, so the message's aliases resolve."""
+    normalizer = Normalizer(plan)
+    now = Now(now_ms)
+    if birth is not None:
+        normalizer.process(birth_topic(topic), birth, now)
+    outcome = normalizer.process(topic, payload, now)
+    # A Sparkplug payload is binary even when its bytes happen to be UTF-8.
+    binary = any(m.name == outcome.mapping and m.sparkplug for m in plan.mappings)
+    sparkplug = normalizer.sparkplug
     return Trial(
         mapping=outcome.mapping,
         duplicate=outcome.duplicate,
-        records=[describe_record(r) for r in outcome.records],
+        records=[describe_record(r, binary) for r in outcome.records],
         dead_letters=list(outcome.dead),
+        sparkplug=explain(sparkplug.state) if sparkplug is not None else None,
     )

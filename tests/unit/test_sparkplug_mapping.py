@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.cli import main
 from bridge.config import load_config
 from bridge.core.normalize import Normalizer
 from bridge.core.plan import PlanError, compile_config
@@ -384,3 +385,37 @@ def test_the_state_is_shared_across_reloads(spb: Normalizer) -> None:
     (record,) = values(again.process("spBv1.0/plant/DDATA/gw/pump", data, NOW), "telemetry.clean")
     assert record["metric"] == "rpm"
     assert json.loads(again.sparkplug.state.snapshot() if again.sparkplug else b"{}")["nodes"]
+
+
+def test_try_mapping_reads_a_payload_file_and_explains_the_alias_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "dbirth.bin").write_bytes(DBIRTH)
+    data = enc.payload([enc.metric(alias=11, datatype=enc.STRING, value="stop")], seq=2)
+    (tmp_path / "ddata.bin").write_bytes(data)
+    code = main(
+        [
+            "try-mapping",
+            str(MAPPINGS / "sparkplug.toml"),
+            "--topic",
+            "spBv1.0/plant/DDATA/gw/pump",
+            "--payload-file",
+            str(tmp_path / "ddata.bin"),
+            "--birth-file",
+            str(tmp_path / "dbirth.bin"),
+        ]
+    )
+    shown = json.loads(capsys.readouterr().out)
+    assert code == 0
+    clean, raw = shown["records"]
+    assert (clean["value"]["metric"], clean["value"]["value"]) == ("state", "stop")
+    assert base64.b64decode(raw["value"]["base64"]) == data
+    assert shown["sparkplug"]["data_would_resolve"]["spBv1.0/plant/DDATA/gw/pump"] == {
+        "alias 10": "rpm (UInt16)",
+        "alias 11": "state (String)",
+    }
+    assert shown["sparkplug"]["alias_tables"]["plant/gw/pump"]["metrics"][0] == {
+        "name": "rpm",
+        "datatype": "UInt16",
+        "alias": 10,
+    }
