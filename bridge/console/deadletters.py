@@ -34,6 +34,7 @@ from bridge.auth import Authenticator, Principal, Refusal, Refused, find_token, 
 from bridge.core.events import Positions
 from bridge.core.plan import Plan
 from bridge.core.records import DeadLetter, Outgoing
+from bridge.core.sparkplug_mapping import topic_segments
 from bridge.io.http import Request
 from bridge.logs import SampledLog
 
@@ -84,6 +85,8 @@ def letter_tenant(plan: Plan, letter: DeadLetter) -> str | None:
         segments = mapping.filter.match(levels)
         if segments is None:
             continue
+        if mapping.sparkplug is not None:
+            segments.update(topic_segments(letter.mqtt_topic))
         tenant = mapping.tenant(segments, {})
         if not isinstance(tenant, str) and letter.payload_encoding == "utf-8":
             try:

@@ -26,6 +26,7 @@ from bridge.core.coerce import Refusal
 from bridge.core.plan import MappingPlan
 from bridge.core.records import CleanRecord, DeviceEvent, Outgoing
 from bridge.core.sparkplug import (
+    SPARKPLUG_SEGMENTS,
     SparkplugTopic,
     decode_payload,
     parse_topic,
@@ -55,6 +56,15 @@ def sparkplug_segments(topic: SparkplugTopic, device: str | None) -> dict[str, s
         "tenant": topic.group,
         "device": f"{topic.edge_node}/{device}" if device else topic.edge_node,
     }
+
+
+def topic_segments(topic: str) -> dict[str, str]:
+    """The Sparkplug segments of a topic (all empty when it is not one), for
+    code that reads a mapping's rules outside the normalizer (the console)."""
+    parsed = parse_topic(topic)
+    if isinstance(parsed, str):
+        return dict.fromkeys(SPARKPLUG_SEGMENTS, "")
+    return sparkplug_segments(parsed, parsed.device)
 
 
 class SparkplugMapper:

@@ -11,14 +11,25 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bridge.cli import main
 from bridge.config import load_config
+from bridge.console.deadletters import letter_tenant
 from bridge.core.normalize import Normalizer
 from bridge.core.plan import PlanError, compile_config
+from bridge.core.records import DeadLetter
 from tests.support import sparkplug_encoder as enc
-from tests.unit.core_fixtures import MAPPINGS, NOW, REPO, normalizer_for, records, values
+from tests.unit.core_fixtures import (
+    MAPPINGS,
+    NOW,
+    REPO,
+    normalizer_for,
+    plan_from,
+    records,
+    values,
+)
 
 WriteConfig = Callable[..., Path]
 TS = 1_772_028_000_000
@@ -419,3 +430,18 @@ def test_try_mapping_reads_a_payload_file_and_explains_the_alias_tables(
         "datatype": "UInt16",
         "alias": 10,
     }
+
+
+def test_the_console_tells_a_sparkplug_dead_letters_tenant() -> None:
+    plan = plan_from(MAPPINGS / "sparkplug.toml")
+    letter = DeadLetter(
+        reason="invalid_protobuf",
+        detail="payload is not a Sparkplug B protobuf Payload message",
+        mqtt_topic="spBv1.0/plant/DDATA/gw/pump",
+        mapping="sparkplug",
+        payload="AAA=",
+        payload_encoding="base64",
+        received_at=RECEIVED,
+    )
+    assert letter_tenant(plan, letter) == "plant"
+    assert letter_tenant(plan, msgspec.structs.replace(letter, mqtt_topic="spBv1.0/x")) is None
