@@ -58,6 +58,7 @@ _UNSIGNED_BITS: dict[int, int] = {
 }
 _TEXT: frozenset[int] = frozenset({DataType.String, DataType.Text, DataType.UUID})
 _FLOAT32 = struct.Struct("<f")
+_INT64_LIMIT = 1 << 63
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,13 @@ def metric_value(
             raise Refusal(
                 "metric_type_invalid",
                 f"metric {name!r}: {raw} does not fit {datatype_name(datatype)}",
+                name,
+            )
+        if raw >= _INT64_LIMIT:
+            # As for JSON: a record's integer fits a signed 64-bit consumer.
+            raise Refusal(
+                "value_out_of_range",
+                f"metric {name!r}: UInt64 {raw} does not fit 64 signed bits",
                 name,
             )
         return raw, "numeric"

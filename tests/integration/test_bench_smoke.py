@@ -51,8 +51,12 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
 
     # The same-run reference: its row and the bridge's ratio to it are printed.
     assert re.search(r"^\| reference: plain paho QoS 1 subscriber .*\| [\d,]+ \|", run.stdout, re.M)
-    assert re.search(r"^\| QoS 1 msgs/s as a ratio to the paho reference, same run \| "
-                     r"(\d+\.\d\dx|-) \|", run.stdout, re.M), run.stdout
+    assert re.search(
+        r"^\| QoS 1 msgs/s as a ratio to the paho reference, same run \| "
+        r"(\d+\.\d\dx|-) \|",
+        run.stdout,
+        re.M,
+    ), run.stdout
 
     results = json.loads(out.read_text())["results"]
     for name in ("qos1", "naive-qos1", "paho-qos1"):

@@ -48,7 +48,7 @@ def one_value(datatype: int, value: object) -> object:
         (enc.UINT8, 255, (255, "numeric")),
         (enc.UINT16, 65535, (65535, "numeric")),
         (enc.UINT32, 4_294_967_295, (4_294_967_295, "numeric")),
-        (enc.UINT64, 2**64 - 1, (2**64 - 1, "numeric")),
+        (enc.UINT64, 2**63 - 1, (2**63 - 1, "numeric")),
         (enc.FLOAT, 0.1, (0.1, "numeric")),  # the float32 written back as its shortest decimal
         (enc.FLOAT, -21.5, (-21.5, "numeric")),
         (enc.DOUBLE, 0.1, (0.1, "numeric")),
@@ -117,6 +117,12 @@ def test_values_that_contradict_their_datatype_are_refused(
     with pytest.raises(Refusal) as caught:
         metric_value(m, "m", declared, 256)
     assert caught.value.reason == "metric_type_invalid"
+
+
+def test_uint64_beyond_signed_64_bits_is_out_of_range() -> None:
+    with pytest.raises(Refusal) as caught:
+        one_value(enc.UINT64, 2**63)
+    assert caught.value.reason == "value_out_of_range"
 
 
 @pytest.mark.parametrize("data", [b"\xff\xff\xff", b"\x12\x05ab", b"\x08"])

@@ -302,6 +302,13 @@ REASONS: list[tuple[str, bytes, str, str, str | None]] = [
         None,
     ),
     (
+        "spBv1.0/plant/DDATA/gw/pump",
+        enc.payload([enc.metric("u", datatype=enc.UINT64, value=2**63)], seq=2),
+        "value_out_of_range",
+        "metric 'u': UInt64 9223372036854775808 does not fit 64 signed bits",
+        "u",
+    ),
+    (
         "spBv1.0/plant/NDATA/gw",
         enc.payload([enc.metric("m", datatype=enc.INT8, value=1)] * 3),
         "too_many_metrics",
