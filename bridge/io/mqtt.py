@@ -2,8 +2,9 @@
 
 paho's external-loop API lets the caller own the waiting: we wait for the socket
 to become readable in trio, then read what is there in a few large ``recv()``
-calls (up to ``READS_PER_WAKEUP``).  paho connects, subscribes, publishes and
-keeps the session alive; the received bytes, though, go through the fast lane
+calls (up to ``READS_PER_WAKEUP``).  paho connects, subscribes and publishes;
+the keepalive is ours (:mod:`bridge.io.mqtt_keepalive`: paho cannot see the
+traffic the fast lane reads).  The received bytes go through the fast lane
 of :mod:`bridge.io.mqtt_wire`, which decodes QoS 0/1 PUBLISH packets itself
 and hands every other packet to paho.  Acknowledgements are written by us too,
 all of a batch in one ``send()``.  paho's own read path cost more than half of
@@ -296,7 +297,11 @@ class MqttClient:
     # ------------------------------------------------------------------ run
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, read, reconnect with exponential backoff and jitter, forever.
-        ``task_status.started()`` fires after the first subscription is granted."""
+        ``task_status.started()`` fires once the first connection is subscribed:
+        when its SUBACK grants the subscriptions, or at once when the broker
+        resumed a session, which holds them.  Not waiting then matters: the
+        SUBACK queues behind the session's backlog, and a start that waited
+        minutes for it would trip systemd's start timeout."""
         delay = self.settings.reconnect_min_s
         started = False
 
@@ -310,6 +315,8 @@ class MqttClient:
             try:
                 await self._connect()
                 delay = self.settings.reconnect_min_s
+                if self._session_present:
+                    subscribed()
                 await self._read_loop(subscribed)
             except ConnectionLost as exc:
                 self._close_socket()

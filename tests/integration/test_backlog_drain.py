@@ -80,6 +80,8 @@ def test_a_backlog_of_300000_drains_on_one_connection_each_message_once(
     with BridgeProcess(config) as bridge:
         connected = bridge.wait_for_event("mqtt.connected")
         assert connected["session_present"] is True
+        # Ready while the backlog drains, not once the SUBACK behind it came.
+        bridge.wait_for_event("bridge.ready", timeout=10)
         counts = kafka_count(tansu.bootstrap, setup.clean, BACKLOG, _seq, timeout=150)
         drained_s = time.monotonic() - started
         subscribed = bridge.wait_for_event("mqtt.subscribed")
