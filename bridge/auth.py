@@ -59,9 +59,21 @@ class Refused(Exception):
     """A refused connection (bad token, tenant not granted, limit reached);
     ``refusal`` says how to report it."""
 
-    def __init__(self, refusal: Refusal, message: str) -> None:
+    def __init__(
+        self, refusal: Refusal, message: str, *, codes: tuple[int, int] | None = None
+    ) -> None:
         super().__init__(message)
         self.refusal = refusal
+        self._codes = codes
+
+    @property
+    def close_code(self) -> int:
+        """The refusal's WebSocket close code, or the one an endpoint chose."""
+        return self._codes[0] if self._codes is not None else self.refusal.close_code
+
+    @property
+    def http_status(self) -> int:
+        return self._codes[1] if self._codes is not None else self.refusal.http_status
 
 
 class AuthConfigError(ValueError):
@@ -167,6 +179,10 @@ class Authenticator:
 
     def verify(self, token: str | None) -> Principal:
         """The principal of a valid token, or :class:`Refused` saying why not."""
+        return principal_from_claims(self.claims(token))
+
+    def claims(self, token: str | None) -> dict[str, Any]:
+        """The claims of a valid token, or :class:`Refused` (unauthenticated)."""
         if not token:
             raise Refused(Refusal.UNAUTHENTICATED, "missing token")
         settings = self._settings
@@ -188,7 +204,7 @@ class Authenticator:
             )
         except jwt.InvalidTokenError as exc:
             raise Refused(Refusal.UNAUTHENTICATED, f"invalid token: {exc}") from None
-        return principal_from_claims(claims)
+        return claims
 
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:

@@ -240,7 +240,9 @@ class Daemon:
     async def _start_stream(self, nursery: trio.Nursery) -> None:
         try:
             self.stream = await nursery.start(
-                partial(run_stream, self.config, auth=self.runtime.auth)
+                partial(
+                    run_stream, self.config, auth=self.runtime.auth, endpoints=self.plan.streams
+                )
             )
         except (ListenError, AuthConfigError, StreamSettingsError) as exc:
             raise StartupError(str(exc)) from None
@@ -465,6 +467,8 @@ class Daemon:
             self.mqtt.set_subscriptions([(m.subscription, m.qos) for m in plan.mappings])
         for hook in self.reload_hooks:
             hook(runtime)
+        if self.stream is not None:
+            self.stream.reload_endpoints(plan.streams)
         self.reloads["applied"] += 1
         log.info(
             "bridge.reloaded",

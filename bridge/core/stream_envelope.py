@@ -24,7 +24,13 @@ _encode = msgspec.json.Encoder().encode
 #: The placeholders of each template, and what a source must give for some.
 ENVELOPE_NAMES = ("tenant", "device", "metrics", "ts", "topic", "event_id", "sent_at")
 WELCOME_NAMES = ("tenant", "role", "devices", "metrics", "groups", "filters")
-STATUS_NAMES = ("total_connections", "max_per_tenant", "per_tenant", "kafka_state")
+STATUS_NAMES = (
+    "total_connections",
+    "max_per_tenant",
+    "per_tenant",
+    "kafka_state",
+    "malformed_records",
+)
 
 #: The ``message`` envelope when the config gives no template: one event per
 #: MQTT message with the requested metrics.

@@ -38,6 +38,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -70,6 +71,25 @@ class RecordSink(Protocol):
     def publish_kafka(
         self, topic: str, partition: int, offset: int, value: bytes | None, sent_at: str
     ) -> None: ...
+
+
+#: How a shared sink takes one record: topic, partition, offset, value,
+#: sent_at, the record's headers (when it wants them) and the batch's time (ms).
+SharedPublish = Callable[
+    [str, int, int, bytes | None, str, list[tuple[str, bytes]] | None, int], None
+]
+
+
+class SharedSink(Protocol):
+    """A hub of a ``[[streams]]`` endpoint: several may share one source, and
+    its reader may want the record's headers and the time of the batch."""
+
+    positions: Positions
+    kafka_feeding: bool
+    wants_headers: bool
+
+    @property
+    def publish_kafka(self) -> SharedPublish: ...
 
 
 log = structlog.get_logger(__name__)
@@ -171,10 +191,24 @@ class _ThreadNotes:
 class KafkaSource:
     """Reads ``stream.topics`` and feeds the hub until cancelled."""
 
-    def __init__(self, kafka: KafkaSettings, stream: StreamSettings, hub: RecordSink) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        stream: StreamSettings,
+        hub: RecordSink,
+        *,
+        shared: Sequence[SharedSink] = (),
+        earliest: bool = False,
+    ) -> None:
+        """``shared``: the hubs fed from the same records (``hub`` is the first
+        of them), for endpoints with the same source; ``earliest``: a partition
+        without a known or committed position starts at its beginning."""
         self._kafka = kafka
         self._stream = stream
         self._hub = hub
+        self._shared = list(shared)
+        self._sinks: list[RecordSink | SharedSink] = [*shared] or [hub]
+        self._earliest = earliest
         self.group_id = stream.group_id or default_group_id()
         self.state: KafkaState = "connecting"
         self.assigned: set[tuple[str, int]] = set()
@@ -234,10 +268,10 @@ class KafkaSource:
                 self._publish(messages)
 
     def _apply(self, notes: _ThreadNotes) -> None:
-        hub = self._hub
         for topic, partition, offset in notes.assigned:
             if offset >= 0:
-                hub.positions.setdefault(topic, {})[partition] = offset
+                for sink in self._sinks:
+                    sink.positions.setdefault(topic, {})[partition] = offset
             self._missing_topics.discard(topic)
         if notes.any_assignment:
             self.assigned = {(t, p) for t, p, _ in notes.assigned}
@@ -268,8 +302,11 @@ class KafkaSource:
             self._set_state("down")
 
     def _publish(self, messages: list[Message]) -> None:
-        sent_at = iso_utc(time.time_ns())
+        now_ns = time.time_ns()
+        sent_at = iso_utc(now_ns)
         publish = self._hub.publish_kafka
+        shared = self._shared
+        headers = any(sink.wants_headers for sink in shared)
         errors = 0  # counted rather than the records: errors are the rare case
         for message in messages:
             error = message.error()
@@ -279,7 +316,16 @@ class KafkaSource:
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
-            publish(topic, partition, offset, message.value(), sent_at)
+            if not shared:
+                publish(topic, partition, offset, message.value(), sent_at)
+                continue
+            value = message.value()
+            raw = message.headers() if headers else None
+            found = (
+                [(k, v) for k, v in raw if isinstance(v, bytes)] if isinstance(raw, list) else None
+            )
+            for sink in shared:
+                sink.publish_kafka(topic, partition, offset, value, sent_at, found, now_ns // 10**6)
         # An error event (a transport error, say) is no sign of a live broker.
         if len(messages) > errors and self.state != "ok" and self.assigned:
             self._set_state("ok")
@@ -302,7 +348,8 @@ class KafkaSource:
         if state != self.state:
             log.info("stream.kafka_state", state=state, previous=self.state)
             self.state = state
-        self._hub.kafka_feeding = state == "ok"
+        for sink in self._sinks:
+            sink.kafka_feeding = state == "ok"
         if state == "ok":
             self._ok.set()
         elif self._ok.is_set():
@@ -353,4 +400,5 @@ class KafkaSource:
             # from the first record.
             return TopicPartition(topic, partition, OFFSET_END)
         low, high = marks
-        return TopicPartition(topic, partition, low if topic in self._missing_topics else high)
+        start = low if self._earliest or topic in self._missing_topics else high
+        return TopicPartition(topic, partition, start)

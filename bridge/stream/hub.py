@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 
 import trio
@@ -38,7 +39,16 @@ from bridge.core.events import (
     parse_record,
     sse_frame,
 )
+from bridge.core.stream_envelope import EnvelopeRules, render_event
+from bridge.core.stream_read import MappingReader, Reader, StreamItem
 from bridge.logs import SampledLog
+
+#: Where a record is: topic, partition, offset, and its edge-local sequence
+#: number (0: not delivered locally); and the headers a reader gets.
+At = tuple[str, int, int, int]
+Hdrs = list[tuple[str, bytes]] | None
+#: How a configured endpoint's event is rendered for a metric filter.
+Render = Callable[[frozenset[str] | None], bytes | None]
 
 #: Limit key of an admin connection that watches every tenant.
 ALL_TENANTS = "*"
@@ -62,11 +72,15 @@ class Event:
     """One record as sent to clients; built once, shared by every client."""
 
     __slots__ = (
+        "_bodies",
+        "cursor",
         "device",
         "json",
         "metric",
+        "metrics",
         "offset",
         "partition",
+        "render",
         "sse",
         "tenant",
         "text",
@@ -85,6 +99,56 @@ class Event:
         self.offset = offset
         self.text: str | None = None
         self.sse: bytes | None = None
+        #: Set for an event of a configured endpoint (``[[streams]]``): its
+        #: metrics, and how its envelope is rendered for a metric filter (once
+        #: per distinct filter, cached in ``_bodies``).
+        self.metrics: Collection[str] | None = None
+        self.render: Render | None = None
+        self.cursor: str | None = None
+        self._bodies: dict[frozenset[str] | None, tuple[bytes, str] | None] = {}
+
+    @classmethod
+    def of_item(
+        cls, item: StreamItem, render: Render, topic: str, partition: int, offset: int
+    ) -> Event:
+        event = cls.__new__(cls)
+        event.tenant, event.device, event.metric = item.tenant, item.device, ""
+        event.json = item.json
+        event.topic, event.partition, event.offset = topic, partition, offset
+        event.text = event.sse = event.cursor = None
+        event.metrics = item.metrics.keys()
+        event.render = render
+        event._bodies = {}
+        return event
+
+    def _body(self, client: Client) -> tuple[bytes, str] | None:
+        assert self.render is not None
+        wanted = client.filters.metrics
+        if wanted in self._bodies:
+            return self._bodies[wanted]
+        data = self.render(wanted)
+        body = (data, data.decode()) if data is not None else None
+        self._bodies[wanted] = body
+        return body
+
+    def text_for(self, client: Client) -> str | None:
+        """The WebSocket text for ``client``."""
+        if self.render is None:
+            return self.text
+        body = self._body(client)
+        return body[1] if body is not None else None
+
+    def sse_for(self, client: Client) -> bytes | None:
+        """The SSE frame for ``client``: its id the cursor, or the client's own count."""
+        if self.render is None:
+            return self.sse
+        body = self._body(client)
+        if body is None:
+            return None
+        if client.sse_counter is not None:
+            client.sse_counter += 1
+            return sse_frame(body[0], str(client.sse_counter))
+        return sse_frame(body[0], self.cursor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +249,24 @@ class Client:
         #: The first edge-local record (by sequence number) this client was
         #: registered for: the Kafka copies of earlier ones are new to it.
         self.local_from = 0
+        #: SSE ids: None for the stream's cursor, else this connection's count.
+        self.sse_counter: int | None = None
+        #: (tenant, device) -> its groups, for a ``group`` filter.
+        self.groups_of: Mapping[tuple[str, str], frozenset[str]] = {}
 
     def wants(self, event: Event) -> bool:
-        if not self.filters.matches(event.tenant, event.device, event.metric):
-            return False
+        filters = self.filters
+        if event.metrics is None:
+            if not filters.matches(event.tenant, event.device, event.metric):
+                return False
+        else:
+            groups = (
+                self.groups_of.get((event.tenant, event.device), ())
+                if filters.groups is not None
+                else ()
+            )
+            if not filters.selects(event.tenant, event.device, event.metrics, groups):
+                return False
         if self.skip_below and event.topic is not None:
             floor = self.skip_below.get((event.topic, event.partition))
             if floor is not None and event.offset < floor:
@@ -288,10 +366,22 @@ class Hub:
         self._newest_local_from = client.local_from
 
     # ----------------------------------------------------------------- records
+    #: Whether :meth:`publish_kafka` reads the record's headers (the consumer
+    #: fetches them only then).
+    wants_headers = False
+
     def publish_kafka(
-        self, topic: str, partition: int, offset: int, value: bytes | None, sent_at: str
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        value: bytes | None,
+        sent_at: str,
+        headers: list[tuple[str, bytes]] | None = None,
+        now_ms: int = 0,
     ) -> None:
-        """One record read from Kafka: advance the position, then dispatch it."""
+        """One record read from Kafka: advance the position, then dispatch it.
+        ``headers`` and ``now_ms`` are for the readers of :class:`EndpointHub`."""
         self.positions.setdefault(topic, {})[partition] = offset + 1
         local_seq = 0
         if self._local_values and value is not None:
@@ -301,12 +391,9 @@ class Hub:
         if not self.has_clients:
             return
         try:
-            record = parse_record(value)
+            self._publish((topic, partition, offset, local_seq), value, sent_at, headers, now_ms)
         except MalformedRecord as exc:
             self.malformed(topic=topic, partition=partition, offset=offset, reason=str(exc))
-            return
-        event_id = kafka_event_id(topic, partition, offset)
-        self._dispatch(record, event_id, sent_at, topic, partition, offset, local_seq)
 
     def _seen_locally(self, value: bytes) -> int:
         """The sequence number of the oldest local delivery of a record with
@@ -326,6 +413,15 @@ class Hub:
             del self._local_values[value]
         del self._local_recent[seq]
         return seq
+
+    def _publish(
+        self, at: At, value: bytes | None, sent_at: str, _headers: Hdrs, _now: int
+    ) -> None:
+        """Dispatch one record; :class:`MalformedRecord` when it cannot be read."""
+        topic, partition, offset, local_seq = at
+        record = parse_record(value)
+        event_id = kafka_event_id(topic, partition, offset)
+        self._dispatch(record, event_id, sent_at, topic, partition, offset, local_seq)
 
     def publish_local(self, value: bytes, sent_at: str) -> None:
         """A clean record from this daemon's own ingest (edge-local mode): sent
@@ -376,4 +472,50 @@ class Hub:
             elif event.sse is None:
                 cursor = encode_cursor(self.positions) if topic is not None else None
                 event.sse = sse_frame(event.json, cursor)
+            client.queue.put(event)
+
+
+class EndpointHub(Hub):
+    """The hub of a configured endpoint (``[[streams]]``): records are read by
+    the endpoint's reader and rendered in its envelope, per metric filter, by
+    each client's sender rather than here (the consumer's task only queues)."""
+
+    def __init__(
+        self,
+        *,
+        max_per_tenant: int,
+        reader: Reader,
+        envelope: EnvelopeRules,
+        groups_of: Mapping[tuple[str, str], frozenset[str]],
+    ) -> None:
+        super().__init__(max_per_tenant=max_per_tenant)
+        self.reader = reader
+        self.envelope = envelope
+        self.groups_of = groups_of
+        self.local_fallback = False
+        self.wants_headers = isinstance(reader, MappingReader)
+
+    def register(self, client: Client) -> None:
+        client.groups_of = self.groups_of
+        super().register(client)
+
+    def _publish(self, at: At, value: bytes | None, sent_at: str, headers: Hdrs, now: int) -> None:
+        topic, partition, offset, _local_seq = at
+        item = self.reader(value, headers, now)
+        tenant_clients: Iterable[Client] = self._by_tenant.get(item.tenant, ())
+        if not tenant_clients and not self._everyone:
+            return
+        render = partial(
+            render_event,
+            self.envelope,
+            item,
+            event_id=kafka_event_id(topic, partition, offset),
+            sent_at=sent_at,
+        )
+        event = Event.of_item(item, render, topic, partition, offset)
+        for client in chain(tenant_clients, self._everyone):
+            if not client.wants(event):
+                continue
+            if event.cursor is None and client.transport is Transport.SSE:
+                event.cursor = encode_cursor(self.positions)
             client.queue.put(event)

@@ -14,6 +14,7 @@ Routes can also be given up front: ``run_stream(config, extra_routes={...})``.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 
@@ -22,8 +23,17 @@ import structlog
 import trio
 
 from bridge.auth import Authenticator, Refusal, Refused, find_token
-from bridge.config import Config, StreamSettings
-from bridge.core.events import FilterError, TenantForbidden, initial_filters, iso_utc
+from bridge.config import Config, StreamKeepalive, StreamSettings
+from bridge.core.events import (
+    FilterError,
+    Filters,
+    TenantForbidden,
+    apply_action,
+    connected_message,
+    initial_filters,
+    iso_utc,
+)
+from bridge.core.stream_plan import EndpointPlan, SourceKey
 from bridge.io.http import (
     HttpHandler,
     HttpServer,
@@ -34,6 +44,8 @@ from bridge.io.http import (
     open_listeners,
 )
 from bridge.stream.consumer import KafkaSource, KafkaState
+from bridge.stream.endpoint import Endpoint
+from bridge.stream.gate import admitted, released
 from bridge.stream.hub import Client, ClientQueue, Hub, TooManyConnections, Transport
 from bridge.stream.sse import sse_session
 from bridge.stream.websocket import websocket_session
@@ -99,22 +111,73 @@ class StreamService:
         config: Config,
         addresses: list[tuple[str, int]],
         auth: Authenticator | None = None,
+        endpoints: tuple[EndpointPlan, ...] = (),
     ) -> None:
+        """With ``endpoints`` (``[[streams]]``) only those are served, each fed
+        by the consumer of its source; the built-in endpoints and their
+        consumer are not started."""
         check_settings(config.stream)
         self.settings = config.stream
         self.kafka = config.kafka
         self.auth = auth or Authenticator(config.auth)
         self.auth.log_warnings()
         self.hub = Hub(max_per_tenant=config.stream.max_per_tenant)
-        self.hub.local_fallback = config.stream.source != "kafka"
+        self.hub.local_fallback = config.stream.source != "kafka" and not endpoints
         self.source = (
             KafkaSource(config.kafka, config.stream, self.hub)
-            if config.stream.source != "local"
+            if config.stream.source != "local" and not endpoints
             else None
         )
         self.addresses = addresses
         self.router = Router()
         self.replay_slots = trio.Semaphore(max(1, config.stream.replay_concurrency))
+        #: (tenant, device) -> its groups; updated in place on reload, so open
+        #: connections follow the registry.
+        self.groups_of: dict[tuple[str, str], frozenset[str]] = device_groups(config)
+        self.endpoints = [Endpoint(self, plan, self.groups_of) for plan in endpoints]
+        self.sources = [self.source] if self.source is not None else []
+        self.sources += self._shared_sources(config)
+
+    def _shared_sources(self, config: Config) -> list[KafkaSource]:
+        """One consumer per distinct source (topics, group, start), feeding the
+        hub of every endpoint that reads it."""
+        by_key: dict[SourceKey, list[Endpoint]] = {}
+        for endpoint in self.endpoints:
+            by_key.setdefault(endpoint.plan.source_key, []).append(endpoint)
+        sources = []
+        for (topics, group_id, start), sharing in by_key.items():
+            settings = msgspec.structs.replace(
+                config.stream, topics=list(topics), group_id=group_id
+            )
+            hubs = [e.hub for e in sharing]
+            source = KafkaSource(
+                config.kafka, settings, hubs[0], shared=hubs, earliest=start == "earliest"
+            )
+            for endpoint in sharing:
+                endpoint.source = source
+            sources.append(source)
+        return sources
+
+    def reload_endpoints(self, plans: tuple[EndpointPlan, ...]) -> None:
+        """The new contracts of endpoints whose paths and source are unchanged;
+        anything else (endpoints added, removed, moved, re-sourced) waits for a
+        restart, as the log says."""
+        now = {e.name: e for e in self.endpoints}
+        same = len(plans) == len(now) and all(
+            p.settings.name in now
+            and now[p.settings.name].plan.paths == p.paths
+            and now[p.settings.name].plan.source_key == p.source_key
+            for p in plans
+        )
+        if not same:
+            log.warning(
+                "stream.endpoints_need_restart",
+                hint="[[streams]] paths, sources or the set of endpoints changed: "
+                "restart to serve them; the other changes are applied",
+            )
+            return
+        for plan in plans:
+            now[plan.settings.name].reconfigure(plan)
 
     def reload(self, config: Config, auth: Authenticator | None = None) -> None:
         """New limits, keys and timings for the next connections; open ones
@@ -133,10 +196,24 @@ class StreamService:
             config.stream, topics=self.settings.topics, source=self.settings.source
         )
         self.hub.max_per_tenant = config.stream.max_per_tenant
+        fresh = device_groups(config)
+        self.groups_of.clear()
+        self.groups_of.update(fresh)
 
     @property
     def kafka_state(self) -> KafkaState:
         return self.source.state if self.source is not None else "disabled"
+
+    @property
+    def keepalive(self) -> StreamKeepalive:
+        """The built-in endpoints: a JSON ping on WebSocket, an SSE comment."""
+        return StreamKeepalive(interval_s=self.settings.ping_interval_s)
+
+    def welcome(self, client: Client) -> bytes | None:
+        return connected_message(client.filters, client.role)
+
+    def apply_action(self, filters: Filters, message: str | bytes) -> tuple[Filters, bytes]:
+        return apply_action(filters, message)
 
     def feed_local(self, value: bytes) -> None:
         """A clean record (the exact value produced to Kafka) from this daemon's
@@ -147,30 +224,41 @@ class StreamService:
             self.hub.publish_local(value, iso_utc(time.time_ns()))
 
     def status(self) -> StreamStatus:
-        hub = self.hub
+        """The built-in endpoints' status, or the sum over ``[[streams]]``."""
+        hubs: list[Hub] = [e.hub for e in self.endpoints] or [self.hub]
         connections: dict[str, dict[str, int]] = {t.value: {} for t in Transport}
-        for (tenant, transport), count in hub.connections.items():
-            if count:
-                connections[transport.value][tenant] = count
-        per_tenant = hub.per_tenant()
+        per_tenant: Counter[str] = Counter()
+        for hub in hubs:
+            for (tenant, transport), count in hub.connections.items():
+                if count:
+                    kind = connections[transport.value]
+                    kind[tenant] = kind.get(tenant, 0) + count
+            per_tenant.update(hub.per_tenant())
         partitions = []
-        marks = self.source.high_watermarks if self.source is not None else {}
-        for topic, parts in sorted(hub.positions.items()):
-            for partition, position in sorted(parts.items()):
-                high = marks.get((topic, partition))
-                lag = max(0, high - position) if high is not None else None
-                partitions.append(PartitionStatus(topic, partition, position, high, lag))
+        fed = [(self.hub, self.source)] if not self.endpoints else []
+        fed += [(e.hub, e.source) for e in self.endpoints]
+        seen: set[int] = set()
+        for hub, source in fed:
+            if id(source) in seen:
+                continue
+            seen.add(id(source))
+            marks = source.high_watermarks if source is not None else {}
+            for topic, parts in sorted(hub.positions.items()):
+                for partition, position in sorted(parts.items()):
+                    high = marks.get((topic, partition))
+                    lag = max(0, high - position) if high is not None else None
+                    partitions.append(PartitionStatus(topic, partition, position, high, lag))
         return StreamStatus(
             total_connections=sum(per_tenant.values()),
-            per_tenant=per_tenant,
-            max_per_tenant=hub.max_per_tenant,
-            source="kafka" if hub.kafka_feeding or not hub.local_fallback else "local",
-            kafka_state=self.kafka_state,
+            per_tenant=dict(per_tenant),
+            max_per_tenant=self.hub.max_per_tenant,
+            source="kafka" if self.hub.kafka_feeding or not self.hub.local_fallback else "local",
+            kafka_state=self.kafka_state if not self.endpoints else self.endpoints[0].kafka_state,
             topics=list(self.settings.topics),
             connections=connections,
-            events_dropped=hub.events_dropped,
-            slow_disconnects=hub.slow_disconnects,
-            malformed_records=hub.malformed.total,
+            events_dropped=sum(h.events_dropped for h in hubs),
+            slow_disconnects=sum(h.slow_disconnects for h in hubs),
+            malformed_records=sum(h.malformed.total for h in hubs),
             partitions=partitions,
         )
 
@@ -216,13 +304,10 @@ class StreamService:
         connection: the client, or :class:`Refused` with the close code /
         status to report.  A refused origin is refused first, so it never
         counts against the tenant's limit."""
-        token = find_token(request.query, request.headers, subprotocols)
-        try:
-            if not self.origin_allowed(request):
-                origin = request.headers.get("origin", "")[:100]
-                raise Refused(
-                    Refusal.FORBIDDEN, f"origin {origin!r} is not in stream.allow_origins"
-                )
+
+        def build() -> tuple[Client, str | None]:
+            token = find_token(request.query, request.headers, subprotocols)
+            self.check_origin(request)
             principal = self.auth.verify(token)
             try:
                 filters = initial_filters(
@@ -232,46 +317,25 @@ class StreamService:
                 raise Refused(Refusal.FORBIDDEN, str(exc)) from None
             except FilterError as exc:
                 raise Refused(Refusal.BAD_REQUEST, str(exc)) from None
-            settings = self.settings
-            client = Client(
-                transport,
-                filters,
-                principal.role,
-                ClientQueue(settings.client_queue, settings.max_lag_drops),
-            )
+            client = Client(transport, filters, principal.role, self.new_queue())
             try:
                 self.hub.register(client)
             except TooManyConnections as exc:
                 raise Refused(Refusal.TOO_MANY, str(exc)) from None
-        except Refused as exc:
-            log.info(
-                "stream.client_refused",
-                transport=transport.value,
-                remote=request.remote,
-                reason=exc.refusal.name.lower(),
-                detail=str(exc),
-            )
-            raise
-        log.info(
-            "stream.client_connected",
-            transport=transport.value,
-            remote=request.remote,
-            tenant=client.limit_key,
-            role=principal.role,
-            subject=principal.subject,
-        )
-        return client
+            return client, principal.subject
+
+        return admitted(transport, request, build)
+
+    def check_origin(self, request: Request) -> None:
+        if not self.origin_allowed(request):
+            origin = request.headers.get("origin", "")[:100]
+            raise Refused(Refusal.FORBIDDEN, f"origin {origin!r} is not in stream.allow_origins")
+
+    def new_queue(self) -> ClientQueue:
+        return ClientQueue(self.settings.client_queue, self.settings.max_lag_drops)
 
     def release(self, client: Client, remote: str) -> None:
-        self.hub.unregister(client)
-        log.info(
-            "stream.client_disconnected",
-            transport=client.transport.value,
-            remote=remote,
-            tenant=client.limit_key,
-            dropped=client.queue.dropped_total,
-            too_slow=client.queue.kicked,
-        )
+        released(self.hub, client, remote)
 
     async def status_endpoint(self, request: Request, responder: Responder) -> None:
         await responder.send(
@@ -284,6 +348,7 @@ async def run_stream(
     *,
     auth: Authenticator | None = None,
     extra_routes: Mapping[str, HttpHandler] | None = None,
+    endpoints: tuple[EndpointPlan, ...] = (),
     task_status: trio.TaskStatus[StreamService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the stream until cancelled; ``task_status.started(service)`` once
@@ -294,21 +359,24 @@ async def run_stream(
     """
     listeners = await open_listeners(config.listen)
     try:
-        service = StreamService(config, bound_addresses(listeners), auth)
+        service = StreamService(config, bound_addresses(listeners), auth, endpoints)
     except BaseException:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
         raise
     router = service.router
-    router.add_websocket(WEBSOCKET_PATH, partial(websocket_session, service))
-    router.add(SSE_PATH, partial(sse_session, service))
+    if not service.endpoints:
+        router.add_websocket(WEBSOCKET_PATH, partial(websocket_session, service))
+        router.add(SSE_PATH, partial(sse_session, service))
+    for endpoint in service.endpoints:
+        _mount(router, endpoint)
     router.add(STATUS_PATH, service.status_endpoint)
     router.preflight = service.preflight
     for path, handler in (extra_routes or {}).items():
         router.add(path, handler)
     async with trio.open_nursery() as nursery:
-        if service.source is not None:
-            nursery.start_soon(service.source.run)
+        for source in service.sources:
+            nursery.start_soon(source.run)
         await nursery.start(HttpServer(router).serve, listeners)
         log.info(
             "stream.listening",
@@ -317,3 +385,31 @@ async def run_stream(
             source=config.stream.source,
         )
         task_status.started(service)
+
+
+def _mount(router: Router, endpoint: Endpoint) -> None:
+    """An endpoint's paths on the router; ``auth = "none"`` said in the log."""
+    settings = endpoint.plan.settings
+    if settings.websocket_path is not None:
+        router.add_websocket(settings.websocket_path, partial(websocket_session, endpoint))
+    if settings.sse_path is not None:
+        router.add(settings.sse_path, partial(sse_session, endpoint))
+    if settings.status_path is not None:
+        router.add(settings.status_path, endpoint.status_endpoint)
+    if settings.auth == "none":
+        log.warning(
+            "stream.auth_none",
+            endpoint=settings.name,
+            hint="anyone who reaches the listen address can watch this endpoint: "
+            "serve it only behind an authenticating proxy",
+        )
+
+
+def device_groups(config: Config) -> dict[tuple[str, str], frozenset[str]]:
+    """(tenant, device) -> the groups the device registry puts it in."""
+    return {
+        (tenant, device): frozenset(spec.groups)
+        for tenant, devices in config.devices.items()
+        for device, spec in devices.items()
+        if spec.groups
+    }

@@ -33,10 +33,10 @@ from bridge.auth import Refused
 from bridge.core.events import (
     CursorError,
     Positions,
-    connected_message,
     decode_cursor,
     error_message,
     iso_utc,
+    ping_message,
     replay_ranges,
     sse_comment,
     sse_frame,
@@ -49,7 +49,7 @@ from bridge.stream.pump import pump
 from bridge.stream.replay import replay
 
 if TYPE_CHECKING:
-    from bridge.stream.service import StreamService
+    from bridge.stream.gate import Gate
 
 log = structlog.get_logger(__name__)
 
@@ -66,17 +66,24 @@ _resume_failures = SampledLog("stream.sse_resume_failed", level="error")
 
 
 class _SseSink:
-    def __init__(self, writer: BodyWriter) -> None:
+    def __init__(self, writer: BodyWriter, client: Client, form: str) -> None:
         self.write = writer.write
+        self._client = client
+        self._form = form
 
     async def events(self, events: list[Event]) -> None:
-        await self.write(b"".join(e.sse for e in events if e.sse is not None))
+        client = self._client
+        frames = [e.sse_for(client) for e in events]
+        await self.write(b"".join(f for f in frames if f is not None))
 
     async def control(self, message: bytes) -> None:
         await self.write(sse_frame(message))
 
     async def ping(self, now_ns: int) -> None:
-        await self.write(sse_comment(f"ping {iso_utc(now_ns)}"))
+        if self._form == "comment":
+            await self.write(sse_comment(f"ping {iso_utc(now_ns)}"))
+        elif self._form == "json":
+            await self.control(ping_message(now_ns))
 
 
 def _cursor_text(request: Request) -> str:
@@ -97,7 +104,7 @@ async def _come_back(sink: _SseSink, why: str) -> bool:
 
 
 async def _resume(
-    service: StreamService, request: Request, client: Client, seam: Positions, sink: _SseSink
+    service: Gate, request: Request, client: Client, seam: Positions, sink: _SseSink
 ) -> bool:
     """Replay what a reconnecting client missed.  False: end the response now
     (the client reconnects from its last event)."""
@@ -170,7 +177,7 @@ async def _resume(
 
 
 async def _resume_guarded(
-    service: StreamService, request: Request, client: Client, seam: Positions, sink: _SseSink
+    service: Gate, request: Request, client: Client, seam: Positions, sink: _SseSink
 ) -> bool:
     """:func:`_resume` behind a crash barrier: whatever a cursor makes go wrong
     ends this client's response (it reconnects), never the server."""
@@ -183,25 +190,31 @@ async def _resume_guarded(
         return await _come_back(sink, "internal error while resuming")
 
 
-async def sse_session(service: StreamService, request: Request, responder: Responder) -> None:
+async def sse_session(service: Gate, request: Request, responder: Responder) -> None:
     cors = service.cors_headers(request)
     try:
         client = service.admit(Transport.SSE, request, [])
     except Refused as exc:
         body = {"error": exc.refusal.name.lower(), "message": str(exc)}
-        await responder.send_json(exc.refusal.http_status, body, headers=cors)
+        await responder.send_json(exc.http_status, body, headers=cors)
         return
     try:
         seam = service.hub.positions_copy()
         writer = await responder.start_stream(200, "text/event-stream", STREAM_HEADERS + cors)
-        sink = _SseSink(writer)
-        await sink.control(connected_message(client.filters, client.role))
-        if await _resume_guarded(service, request, client, seam, sink):
+        keepalive = service.keepalive
+        sink = _SseSink(writer, client, keepalive.sse)
+        welcome = service.welcome(client)
+        if welcome is not None:
+            await sink.control(welcome)
+        # Counter ids say nothing about Kafka: such a client resumes live.
+        if client.sse_counter is not None or await _resume_guarded(
+            service, request, client, seam, sink
+        ):
             settings = service.settings
             await pump(
                 client,
                 sink,
-                ping_interval_s=settings.ping_interval_s,
+                ping_interval_s=keepalive.sse_interval_s or keepalive.interval_s,
                 grace_s=settings.slow_client_grace_s,
             )
     finally:

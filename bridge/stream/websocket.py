@@ -17,14 +17,14 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from bridge.auth import Refused, select_subprotocol
-from bridge.core.events import apply_action, connected_message, error_message, ping_message
+from bridge.core.events import error_message, ping_message
 from bridge.io.http import Request
 from bridge.logs import SampledLog
 from bridge.stream.hub import Client, Event, Transport
 from bridge.stream.pump import pump
 
 if TYPE_CHECKING:
-    from bridge.stream.service import StreamService
+    from bridge.stream.gate import Gate
 
 
 #: Bound on the closing handshake; a client that does not answer is cut off.
@@ -37,9 +37,14 @@ INTERNAL_ERROR = 1011
 
 
 class _WebSocketSink:
-    def __init__(self, ws: WebSocketConnection, client: Client) -> None:
+    def __init__(
+        self, ws: WebSocketConnection, client: Client, gate: Gate, nursery: trio.Nursery
+    ) -> None:
         self._ws = ws
         self._client = client
+        self._form = gate.keepalive.websocket
+        self._interval = gate.keepalive.interval_s
+        self._nursery = nursery
 
     async def events(self, events: list[Event]) -> None:
         client = self._client
@@ -48,14 +53,23 @@ class _WebSocketSink:
             # The filters may change while the batch is sent: check again then.
             if client.filters is not filters and not client.wants(event):
                 continue
-            if event.text is not None:
-                await self._ws.send_message(event.text)
+            text = event.text_for(client)
+            if text is not None:
+                await self._ws.send_message(text)
 
     async def control(self, message: bytes) -> None:
         await self._ws.send_message(message.decode())
 
     async def ping(self, now_ns: int) -> None:
-        await self.control(ping_message(now_ns))
+        if self._form == "json":
+            await self.control(ping_message(now_ns))
+        elif self._form == "ping":
+            # trio-websocket's ping() waits for the pong: not in the sender.
+            self._nursery.start_soon(self._ping_frame)
+
+    async def _ping_frame(self) -> None:
+        with trio.move_on_after(self._interval), contextlib.suppress(ConnectionClosed):
+            await self._ws.ping()
 
 
 #: Failures of the action handler itself (a bug, not a bad message: those get
@@ -64,12 +78,12 @@ _action_failures = SampledLog("stream.websocket_action_failed", level="error")
 _session_failures = SampledLog("stream.websocket_failed", level="error")
 
 
-def _handle(client: Client, message: str | bytes, remote: str) -> bytes:
+def _handle(gate: Gate, client: Client, message: str | bytes, remote: str) -> bytes:
     """Apply one client message; the reply.  Nothing a client sends may end its
     connection, let alone another's: whatever goes wrong becomes an ``error``
     reply and the filters stay as they were."""
     try:
-        filters, reply = apply_action(client.filters, message)
+        filters, reply = gate.apply_action(client.filters, message)
         client.filters = filters
         client.queue.retain(client.wants)
     except Exception as exc:
@@ -79,32 +93,32 @@ def _handle(client: Client, message: str | bytes, remote: str) -> bytes:
 
 
 async def _receive(
-    ws: WebSocketConnection, client: Client, scope: trio.CancelScope, remote: str
+    gate: Gate, ws: WebSocketConnection, client: Client, scope: trio.CancelScope, remote: str
 ) -> None:
     """Filter changes until the client closes; then end the session."""
     try:
         while True:
             message = await ws.get_message()
-            await ws.send_message(_handle(client, message, remote).decode())
+            await ws.send_message(_handle(gate, client, message, remote).decode())
     except ConnectionClosed:
         pass
     scope.cancel()
 
 
-async def _serve(
-    service: StreamService, ws: WebSocketConnection, client: Client, remote: str
-) -> str | None:
+async def _serve(gate: Gate, ws: WebSocketConnection, client: Client, remote: str) -> str | None:
     """Run an admitted client; the reason to close it with 1008, or None."""
-    settings = service.settings
-    await ws.send_message(connected_message(client.filters, client.role).decode())
+    settings = gate.settings
+    welcome = gate.welcome(client)
+    if welcome is not None:
+        await ws.send_message(welcome.decode())
     stuck: bool | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_receive, ws, client, nursery.cancel_scope, remote)
+        nursery.start_soon(_receive, gate, ws, client, nursery.cancel_scope, remote)
         with contextlib.suppress(ConnectionClosed):
             stuck = await pump(
                 client,
-                _WebSocketSink(ws, client),
-                ping_interval_s=settings.ping_interval_s,
+                _WebSocketSink(ws, client, gate, nursery),
+                ping_interval_s=gate.keepalive.interval_s,
                 grace_s=settings.slow_client_grace_s,
             )
         nursery.cancel_scope.cancel()
@@ -115,9 +129,7 @@ async def _serve(
     )
 
 
-async def websocket_session(
-    service: StreamService, request: Request, ws_request: WebSocketRequest
-) -> None:
+async def websocket_session(service: Gate, request: Request, ws_request: WebSocketRequest) -> None:
     proposed = list(ws_request.proposed_subprotocols)
     try:
         ws = await ws_request.accept(subprotocol=select_subprotocol(proposed))
@@ -128,7 +140,7 @@ async def websocket_session(
         try:
             client = service.admit(Transport.WEBSOCKET, request, proposed)
         except Refused as exc:
-            code, reason = exc.refusal.close_code, str(exc)
+            code, reason = exc.close_code, str(exc)
             return
         try:
             slow = await _serve(service, ws, client, request.remote)

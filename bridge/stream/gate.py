@@ -1,0 +1,105 @@
+"""What a WebSocket or SSE session needs of the endpoint it serves: the
+built-in one (:class:`bridge.stream.service.StreamService`) or one declared in
+``[[streams]]`` (:class:`bridge.stream.endpoint.Endpoint`).  The sessions are
+written against this, so both contracts share one implementation of the
+transports, the pump and the replay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+import trio
+
+from bridge.auth import Refused
+from bridge.config import KafkaSettings, StreamKeepalive, StreamSettings
+from bridge.core.events import Filters
+from bridge.io.http import Request
+from bridge.stream.consumer import KafkaSource, KafkaState
+from bridge.stream.hub import Client, Hub, Transport
+
+log = structlog.get_logger("bridge.stream.service")
+
+
+class Gate(Protocol):
+    @property
+    def settings(self) -> StreamSettings: ...
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def kafka(self) -> KafkaSettings: ...
+
+    @property
+    def replay_slots(self) -> trio.Semaphore: ...
+
+    @property
+    def kafka_state(self) -> KafkaState: ...
+
+    @property
+    def source(self) -> KafkaSource | None: ...
+
+    @property
+    def keepalive(self) -> StreamKeepalive: ...
+
+    def admit(self, transport: Transport, request: Request, subprotocols: list[str]) -> Client: ...
+
+    def release(self, client: Client, remote: str) -> None: ...
+
+    def cors_headers(self, request: Request) -> list[tuple[str, str]]: ...
+
+    def welcome(self, client: Client) -> bytes | None:
+        """The first message, or None to send none."""
+        ...
+
+    def apply_action(self, filters: Filters, message: str | bytes) -> tuple[Filters, bytes]:
+        """A client's live action -> its new filters and the reply."""
+        ...
+
+
+def admitted(
+    transport: Transport,
+    request: Request,
+    build: Callable[[], tuple[Client, str | None]],
+    **context: object,
+) -> Client:
+    """Run an endpoint's admission (``build``: the client and the token's
+    subject, or :class:`Refused`) and log the outcome either way."""
+    try:
+        client, subject = build()
+    except Refused as exc:
+        log.info(
+            "stream.client_refused",
+            transport=transport.value,
+            remote=request.remote,
+            reason=exc.refusal.name.lower(),
+            detail=str(exc),
+            **context,
+        )
+        raise
+    log.info(
+        "stream.client_connected",
+        transport=transport.value,
+        remote=request.remote,
+        tenant=client.limit_key,
+        role=client.role,
+        subject=subject,
+        **context,
+    )
+    return client
+
+
+def released(hub: Hub, client: Client, remote: str, **context: object) -> None:
+    """Take a client off its hub and log it."""
+    hub.unregister(client)
+    log.info(
+        "stream.client_disconnected",
+        transport=client.transport.value,
+        remote=remote,
+        tenant=client.limit_key,
+        dropped=client.queue.dropped_total,
+        too_slow=client.queue.kicked,
+        **context,
+    )
