@@ -199,7 +199,7 @@ def test_gps_passthrough_dashboard(setup: BridgeSetup) -> None:
     logger = logging.getLogger("websockets.client")
     logger.addHandler(pings)
     logger.setLevel(logging.DEBUG)
-    shorten = {"interval_s = 60.0": "interval_s = 0.5"}
+    shorten = {"interval_s = 60.0": "interval_s = 1.0"}
     try:
         with example(setup, "gps-passthrough", ["tracking.data"], shorten):
             some = connect(ws_url(setup, f"/api/v1/stream?device_ids={a},{b}"))
@@ -227,7 +227,7 @@ def test_gps_passthrough_dashboard(setup: BridgeSetup) -> None:
                 while json.loads(raw).get("data", {}).get("DEVICE_ID") != a:
                     raw = some.recv(timeout=15)
                 assert raw == values[0].decode()
-                wait_until(lambda: pings.count >= 2 or None, 10, "two WebSocket pings")
+                wait_until(lambda: pings.count >= 2 or None, 15, "two WebSocket pings")
             status = httpx.get(http_url(setup, "/api/stream/status")).json()
             assert status["malformed_records"] >= 2
     finally:
@@ -324,7 +324,7 @@ def test_customer_portal_websocket(setup: BridgeSetup) -> None:
 
 def test_customer_portal_sse(setup: BridgeSetup) -> None:
     tenant = f"org-{setup.unique}"
-    shorten = {"sse_interval_s = 15.0": "sse_interval_s = 0.5"}
+    shorten = {"sse_interval_s = 15.0": "sse_interval_s = 1.0"}
     with example(setup, "customer-portal", ["telemetry.raw"], shorten):
         url = http_url(setup, PORTAL + "/sse")
         refused = httpx.get(url, headers={"Authorization": "Bearer nope"})
