@@ -66,6 +66,21 @@ Identity = tuple[str, str, str, int, tuple[int, bool]]
 CACHE_ENTRIES = 10_000
 
 
+# Kafka's default message.max.bytes, librdkafka's client-side bound of a record.
+KAFKA_MESSAGE_MAX_BYTES = 1_000_000
+# Room a record needs beside its payload: the MQTT topic (at most 65,535 bytes)
+# in a header, the key and the bridge's other headers.
+RECORD_ROOM = 65_535 + 4_096
+
+
+def kafka_record_limit(properties: dict[str, str]) -> int:
+    """librdkafka's ``message.max.bytes`` as configured in ``kafka.properties``."""
+    try:
+        return int(properties.get("message.max.bytes", KAFKA_MESSAGE_MAX_BYTES))
+    except ValueError:  # refused by check-config; the default until then
+        return KAFKA_MESSAGE_MAX_BYTES
+
+
 class Route:
     """What a topic alone decides, worked out once per topic: its mapping, the
     captured segments (shared by every message on the topic: never mutated)
@@ -142,7 +157,14 @@ class Normalizer:
         Normalizers of successive reloads: the daemon owns it and saves it."""
         self.plan = plan
         limits = plan.config.limits
-        self.max_payload = limits.max_payload_bytes
+        # Every record must fit in a Kafka message: librdkafka refuses a larger
+        # one by raising from produce(), which no message may make happen.
+        # (With a message.max.bytes below about 150 KB, half of it is kept for
+        # the payload and a topic of tens of kilobytes is not provided for.)
+        kafka_limit = kafka_record_limit(plan.config.kafka.properties)
+        room = RECORD_ROOM + limits.max_user_property_bytes
+        self.max_record = max(kafka_limit - room, kafka_limit // 2)
+        self.max_payload = min(limits.max_payload_bytes, self.max_record)
         self.max_string = limits.max_string_length
         self.max_segment = limits.max_segment_length
         self.max_metrics = limits.max_metrics
@@ -669,6 +691,13 @@ class Normalizer:
         # equal "utf-8" would still put the field on the wire.
         if encoding == "base64":
             letter.payload_encoding = "base64"
+        value = _encode(letter)
+        if len(value) > self.max_record:
+            # Escaping can make the copy up to six times the payload (control
+            # characters are written as \u0001): past what Kafka takes, none.
+            letter.payload = ""
+            letter.detail += f" (the payload, {len(payload)} bytes, is too large to copy here)"
+            value = _encode(letter)
         headers = [("reason", refusal.reason.encode()), ("mqtt_topic", topic.encode())]
-        outcome.records.append(Outgoing(mapping.dead_letter_topic, key, _encode(letter), headers))
+        outcome.records.append(Outgoing(mapping.dead_letter_topic, key, value, headers))
         outcome.dead.append(refusal.reason)

@@ -147,6 +147,41 @@ def test_try_mapping_prints_the_dead_letter_and_no_traceback(
     assert json.loads(out)["records"][0]["value"]["reason"] == "too_deep"
 
 
+# --------------------------------------------------------------------------- Kafka's size
+def test_no_record_is_larger_than_kafka_takes(plan: Callable[[str], Plan]) -> None:
+    """librdkafka raises from produce() for a record over message.max.bytes:
+    the payload bound follows Kafka's, and a dead letter whose copy of the
+    payload would pass it (escaping makes it up to six times larger) goes
+    without the copy.  Through the real producer: nothing raises."""
+    normalizer = Normalizer(plan("[limits]\nmax_payload_bytes = 2_000_000\n"))
+    big = b'{"schema_version":1,"metrics":{"t":1},"pad":"' + b"x" * 1_500_000 + b'"}'
+    ((reason, detail),) = letters(normalizer.process(TOPIC, big, NOW))
+    assert (reason, detail) == (
+        "payload_too_large",
+        f"payload is {len(big)} bytes, the limit is 926273",
+    )
+    escaped = b'{"schema_version":1,"metrics":{"t":"' + b"\x01" * 600_000  # unterminated
+    outcome = normalizer.process(TOPIC, escaped, NOW)
+    ((reason, detail),) = letters(outcome)
+    assert reason == "invalid_json"
+    assert detail.endswith("(the payload, 600036 bytes, is too large to copy here)")
+    producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
+    ingest = Ingest(normalizer, producer, IngestStats())
+    batch = [
+        InboundMessage(TOPIC, payload, 1, False, n, None)
+        for n, payload in enumerate((big, escaped))
+    ]
+    ingest.handle_batch(batch, generation=1)  # would raise KafkaException MSG_SIZE_TOO_LARGE
+    assert ingest.stats.dead_letters == {"payload_too_large": 1, "invalid_json": 1}
+    roomy = Normalizer(
+        plan(
+            "[limits]\nmax_payload_bytes = 2_000_000\n"
+            '[kafka.properties]\n"message.max.bytes" = "5000000"\n'
+        )
+    )
+    assert roomy.process(TOPIC, big, NOW).clean == 1
+
+
 # --------------------------------------------------------------------------- item 1: depth
 @pytest.mark.parametrize(
     ("text", "depth"),
