@@ -3,7 +3,7 @@
 | path | who | what |
 |---|---|---|
 | ``GET /api/console/health`` | anyone (as ``/readyz``) | states, spool, rates, progress ages |
-| ``GET /api/console/mappings`` | any valid token | the loaded mappings |
+| ``GET /api/console/mappings`` | any valid token | the loaded mappings, device groups |
 | ``POST /api/console/try?topic=T`` | admin token | the records a payload (the body) becomes |
 
 Tokens come as ``Authorization: Bearer``, the way the page sends them; the
@@ -87,6 +87,19 @@ def mapping_rows(plan: Plan) -> list[dict[str, object]]:
     ]
 
 
+def device_groups(plan: Plan, tenant: str | None) -> dict[str, dict[str, list[str]]]:
+    """Tenant -> group -> its devices, from the device registry; only
+    ``tenant``'s when given (a client token)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for owner, devices in sorted(plan.registry.items()):
+        if tenant is not None and owner != tenant:
+            continue
+        for device, spec in sorted(devices.items()):
+            for group in spec.groups:
+                out.setdefault(owner, {}).setdefault(group, []).append(device)
+    return {owner: dict(sorted(groups.items())) for owner, groups in out.items()}
+
+
 class Console:
     """The console's routes and what they count."""
 
@@ -158,11 +171,13 @@ class Console:
 
     async def mappings(self, request: Request, responder: Responder) -> None:
         try:
-            self._principal(request)
+            principal = self._principal(request)
         except Refusal as exc:
             await _refuse(responder, exc)
             return
-        body = {"mappings": mapping_rows(self.sources.plan())}
+        plan = self.sources.plan()
+        tenant = None if principal.is_admin else principal.tenant
+        body = {"mappings": mapping_rows(plan), "groups": device_groups(plan, tenant)}
         await responder.send(200, msgspec.json.encode(body), headers=assets.SECURITY_HEADERS)
 
     async def try_payload(self, request: Request, responder: Responder) -> None:

@@ -77,6 +77,7 @@ def test_first_run_walk_through_in_a_browser(setup: BridgeSetup) -> None:
         dead = page.locator("#dead-body tr", has_text="DEV-009")
         expect(dead).to_contain_text("invalid_json", timeout=5000)
         expect(dead).to_contain_text("garbage")
+        expect(dead).to_have_attribute("title", "from local")  # no Kafka: this daemon's own
         # The README's picture (docs/console.png is a copy of this one).
         screenshot(page, "first-run-top", full_page=False)
 
@@ -125,7 +126,15 @@ def test_a_client_token_sees_its_tenant_only_and_cannot_try(setup: BridgeSetup) 
     # Made before the daemon starts, so both consumers are assigned at once.
     create_topic(setup.tansu.bootstrap, setup.clean, partitions=1)
     create_topic(setup.tansu.bootstrap, setup.dlq, partitions=1)
-    with BridgeProcess(setup.config(), env=env) as bridge, chromium() as browser:
+    registry = """
+[devices.t1.A-1]
+groups = ["pumps"]
+[devices.t1.A-2]
+groups = ["fans"]
+[devices.t2.B-1]
+groups = ["pumps"]
+"""
+    with BridgeProcess(setup.config(registry), env=env) as bridge, chromium() as browser:
         bridge.wait_for_event("bridge.ready", timeout=30)
         log = RequestLog()
         pages = {}
@@ -145,6 +154,7 @@ def test_a_client_token_sees_its_tenant_only_and_cannot_try(setup: BridgeSetup) 
         )
 
         messages = [
+            (topic("t1", "A-2"), reading("A-2", temperature=3.0), 1),
             (topic("t1", "A-1"), reading("A-1", temperature=1.0), 1),
             (topic("t2", "B-1"), reading("B-1", temperature=2.0), 1),
             (topic("t1", "A-1"), b"{t1 broken", 1),
@@ -161,6 +171,16 @@ def test_a_client_token_sees_its_tenant_only_and_cannot_try(setup: BridgeSetup) 
         expect(client.locator("#events-body tr", has_text="B-1")).to_have_count(0)
         expect(client.locator("#dead-body tr", has_text="B-1")).to_have_count(0)
 
+        # Groups from the device registry: a client is offered its tenant's only.
+        group_options = client.locator("#filter-group option")
+        expect(group_options).to_have_text(["all", "fans (t1)", "pumps (t1)"])
+        client.select_option("#filter-group", "t1/fans")
+        expect(client.locator("#events-body tr")).to_have_count(1)
+        expect(client.locator("#events-body tr")).to_contain_text("A-2")
+        admin.select_option("#filter-group", "t2/pumps")
+        expect(admin.locator("#events-body tr")).to_have_count(1)
+        expect(admin.locator("#events-body tr")).to_contain_text("B-1")
+
         answer = client.evaluate(
             """async () => {
                 const token = sessionStorage.getItem('edge-bridge-token');
@@ -170,6 +190,11 @@ def test_a_client_token_sees_its_tenant_only_and_cannot_try(setup: BridgeSetup) 
             }"""
         )
         assert answer == [403, "forbidden"]
+        # Both came through Kafka, not the local fallback.
+        dead_row = client.locator("#dead-body tr", has_text="A-1")
+        expect(dead_row).to_have_attribute("title", "from kafka")
+        for page in (client, admin):
+            expect(page.locator("#h-stream")).to_contain_text("(kafka)", timeout=5000)
         screenshot(client, "client-t1")
         screenshot(admin, "admin-both-tenants")
         assert log.foreign(port) == [], log.foreign(port)

@@ -11,6 +11,7 @@ import stat
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from signal import SIGHUP
 
 from tests.integration.conftest import BridgeSetup
 from tests.integration.test_stream_clients import SECRET, client_token, token
@@ -82,6 +83,7 @@ def test_page_health_mappings_and_try_a_payload(setup: BridgeSetup) -> None:
 
         assert request(port, "/api/console/mappings")[0] == 401
         status, _, body = request(port, "/api/console/mappings", bearer=client_token("t1"))
+        assert json.loads(body)["groups"] == {}
         (row,) = json.loads(body)["mappings"]
         assert row == {
             "name": "telemetry",
@@ -129,6 +131,10 @@ def test_first_run_prints_a_sign_in_link_on_loopback_only(setup: BridgeSetup) ->
         assert secret_file.read_text().strip() not in "\n".join(x.text for x in bridge.lines)
         link_token = link.group().split("#token=")[1]
         assert request(port, "/api/console/mappings", bearer=link_token)[0] == 200
+        mark = bridge.mark()
+        bridge.send_signal(SIGHUP)
+        bridge.wait_for_event("bridge.reloaded", since=mark)
+        assert request(port, "/api/console/mappings", bearer=link_token)[0] == 200, "after reload"
         assert bridge.stop() == 0
 
     secret_file.unlink()

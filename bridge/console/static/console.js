@@ -17,6 +17,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: null, claims: null, events: [], dead: [], metrics: new Map(),
   pinned: new Set(), series: new Map(), dirty: false, sockets: [], healthTimer: null,
+  groups: new Map(),  // "tenant/group" -> Set of devices, from the device registry
 };
 
 // ------------------------------------------------------------------ sign-in
@@ -120,11 +121,19 @@ function onTelemetry(msg) {
 
 function filters() {
   const v = (id) => $(id).value.trim().toLowerCase();
-  return { tenant: v("filter-tenant"), device: v("filter-device"), metric: v("filter-metric") };
+  return { tenant: v("filter-tenant"), device: v("filter-device"), metric: v("filter-metric"),
+    group: $("filter-group").value };
+}
+
+function inGroup(d, group) {
+  // group is "tenant/name": a device of that tenant listed in that group
+  const members = state.groups.get(group);
+  return !!members && group.startsWith(d.tenant + "/") && members.has(d.device_serial_id);
 }
 
 function matches(d, f) {
-  return (!f.tenant || String(d.tenant).toLowerCase().includes(f.tenant))
+  return (!f.group || inGroup(d, f.group))
+    && (!f.tenant || String(d.tenant).toLowerCase().includes(f.tenant))
     && (!f.device || String(d.device_serial_id).toLowerCase().includes(f.device))
     && (!f.metric || String(d.metric).toLowerCase().includes(f.metric));
 }
@@ -260,6 +269,7 @@ function onDeadLetter(msg) {
   if (state.dead.length > MAX_DEAD) state.dead.length = MAX_DEAD;
   const rows = state.dead.map((d) => {
     const tr = document.createElement("tr");
+    tr.title = `from ${d.source}`;
     cell(tr, clock(d.received_at));
     cell(tr, d.reason + (d.metric ? ` (${d.metric})` : ""));
     cell(tr, d.detail, "wrap");
@@ -295,6 +305,16 @@ async function loadMappings() {
     return tr;
   });
   $("mappings-body").replaceChildren(...rows);
+  state.groups = new Map();
+  const options = [new Option("all", "")];
+  for (const [tenant, groups] of Object.entries(body.groups || {})) {
+    for (const [group, devices] of Object.entries(groups)) {
+      state.groups.set(`${tenant}/${group}`, new Set(devices));
+      options.push(new Option(`${group} (${tenant})`, `${tenant}/${group}`));
+    }
+  }
+  $("filter-group").replaceChildren(...options);
+  $("filter-group-label").hidden = state.groups.size === 0;
 }
 
 function seconds(value) {
@@ -387,7 +407,7 @@ function start() {
   });
   $("signout").addEventListener("click", () => signOut(""));
   $("try-form").addEventListener("submit", tryPayload);
-  for (const id of ["filter-tenant", "filter-device", "filter-metric"]) {
+  for (const id of ["filter-tenant", "filter-device", "filter-metric", "filter-group"]) {
     $(id).addEventListener("input", () => { renderEvents(); renderCharts(); });
   }
   window.addEventListener("resize", () => renderCharts());
