@@ -29,7 +29,13 @@ SECRET = "integration-test-secret-0123456789abcdef"
 ISO_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"
 
 
-def token(exp_in: float = 600, secret: str = SECRET, **claims: Any) -> str:
+#: Tokens made for ``parametrize`` exist from collection on, and the whole
+#: suite can take longer than ten minutes on a busy machine: a day, so that
+#: only the tests about expiry see an expired token.
+TOKEN_LIFETIME_S = 86_400
+
+
+def token(exp_in: float = TOKEN_LIFETIME_S, secret: str = SECRET, **claims: Any) -> str:
     return jwt.encode({"exp": int(time.time() + exp_in), **claims}, secret, algorithm="HS256")
 
 

@@ -89,7 +89,7 @@ def http_url(setup: BridgeSetup, path: str) -> str:
 
 
 def token(**claims: Any) -> str:
-    return jwt.encode({"exp": int(time.time()) + 600, **claims}, SECRET, algorithm="HS256")
+    return jwt.encode({"exp": int(time.time()) + 86_400, **claims}, SECRET, algorithm="HS256")
 
 
 def receive(ws: ClientConnection, timeout: float = 15.0) -> Any:
