@@ -66,6 +66,8 @@ Identity = tuple[str, str, str, int, tuple[int, bool]]
 CACHE_ENTRIES = 10_000
 
 
+# Copies of one message's payload in its dead letters, at most (bytes).
+DEAD_LETTER_COPIES_BYTES = 1 << 20
 # Kafka's default message.max.bytes, librdkafka's client-side bound of a record.
 KAFKA_MESSAGE_MAX_BYTES = 1_000_000
 # Room a record needs beside its payload: the MQTT topic (at most 65,535 bytes)
@@ -697,6 +699,13 @@ class Normalizer:
             # characters are written as \u0001): past what Kafka takes, none.
             letter.payload = ""
             letter.detail += f" (the payload, {len(payload)} bytes, is too large to copy here)"
+            value = _encode(letter)
+        elif outcome.dead and (len(outcome.dead) + 1) * len(text) > DEAD_LETTER_COPIES_BYTES:
+            # One dead letter per refused metric, each with a copy: 256 metrics
+            # of a 64 KiB message would write 16 MiB.  Past the budget, the
+            # message's first dead letter holds the payload.
+            letter.payload = ""
+            letter.detail += " (the payload is in this message's first dead letter)"
             value = _encode(letter)
         headers = [("reason", refusal.reason.encode()), ("mqtt_topic", topic.encode())]
         outcome.records.append(Outgoing(mapping.dead_letter_topic, key, value, headers))

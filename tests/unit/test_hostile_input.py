@@ -182,6 +182,21 @@ def test_no_record_is_larger_than_kafka_takes(plan: Callable[[str], Plan]) -> No
     assert roomy.process(TOPIC, big, NOW).clean == 1
 
 
+def test_the_dead_letters_of_one_message_copy_its_payload_a_bounded_number_of_times(
+    default: Normalizer,
+) -> None:
+    metrics = ",".join(f'"m{n}":null' for n in range(256))
+    payload = '{"schema_version":1,"metrics":{' + metrics + '},"pad":"' + "x" * 60_000 + '"}'
+    outcome = default.process(TOPIC, payload.encode(), NOW)
+    dead = values(outcome, "telemetry.dlq")
+    assert len(dead) == 256
+    copied = [letter for letter in dead if letter["payload"]]
+    assert len(copied) == (1 << 20) // len(payload)  # 16 copies of 65 KB, not 256
+    assert all(letter["payload"] == payload for letter in copied)
+    assert dead[-1]["detail"].endswith("(the payload is in this message's first dead letter)")
+    assert sum(len(r.value) for r in outcome.records) < 2 << 20
+
+
 # --------------------------------------------------------------------------- item 1: depth
 @pytest.mark.parametrize(
     ("text", "depth"),
