@@ -28,6 +28,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from bridge.config import AuthSettings, read_problem
+from bridge.io.jwks import JwksError, JwksKeys
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +144,22 @@ class Authenticator:
         self._settings = settings
         self._secret = settings.jwt_secret or environ.get(SECRET_ENV) or None
         self._public_key: Any = None
+        if (
+            sum(bool(x) for x in (settings.public_key_file, settings.jwks_file, settings.jwks_url))
+            > 1
+        ):
+            raise AuthConfigError("auth: set only one of public_key_file, jwks_file, jwks_url")
+        self.jwks: JwksKeys | None = None
+        if settings.jwks_file or settings.jwks_url:
+            try:
+                self.jwks = JwksKeys(
+                    url=settings.jwks_url,
+                    file=settings.jwks_file,
+                    refresh_s=settings.jwks_refresh_s,
+                    min_interval_s=settings.jwks_min_interval_s,
+                )
+            except JwksError as exc:
+                raise AuthConfigError(str(exc)) from None
         if settings.public_key_file:
             path = Path(settings.public_key_file)
             self._public_key = load_public_key(path)
@@ -172,10 +189,33 @@ class Authenticator:
     @property
     def configured(self) -> bool:
         """Whether any allowed algorithm has a key, i.e. some token can pass."""
+        if self.jwks is not None and self.jwks.has_keys:
+            return True
         return any(self._key_for(a) is not None for a in self._settings.algorithms)
 
-    def _key_for(self, algorithm: str) -> Any:
-        return self._secret if _is_hmac(algorithm) else self._public_key
+    def _key_for(self, algorithm: str, kid: object = None) -> Any:
+        if _is_hmac(algorithm):
+            return self._secret
+        if self.jwks is not None:
+            return self.jwks.key(kid)
+        return self._public_key
+
+    def adopt(self, previous: Authenticator) -> None:
+        """Carry the identity provider's key set over a reload."""
+        if self.jwks is not None and previous.jwks is not None:
+            self.jwks.adopt(previous.jwks)
+
+    async def refresh_keys(self, token: str | None) -> None:
+        """Before verifying ``token``: fetch the identity provider's key set if
+        it is stale or lacks the token's key (in a worker thread, rate-limited).
+        Never raises: a bad token is refused by :meth:`claims`."""
+        if self.jwks is None or not token:
+            return
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            return
+        await self.jwks.refresh_for(kid)
 
     def verify(self, token: str | None) -> Principal:
         """The principal of a valid token, or :class:`Refused` saying why not."""
@@ -190,9 +230,9 @@ class Authenticator:
             algorithm = jwt.get_unverified_header(token).get("alg")
             if algorithm not in settings.algorithms:
                 raise Refused(Refusal.UNAUTHENTICATED, f"algorithm {algorithm!r} not accepted")
-            key = self._key_for(algorithm)
+            key = self._key_for(algorithm, jwt.get_unverified_header(token).get("kid"))
             if key is None:
-                raise Refused(Refusal.UNAUTHENTICATED, f"no key configured for {algorithm}")
+                raise Refused(Refusal.UNAUTHENTICATED, f"no key for {algorithm} and this kid")
             claims = jwt.decode(
                 token,
                 key,

@@ -358,10 +358,18 @@ class StreamSettings(_Section):
 class AuthSettings(_Section):
     """JWT verification for the stream.  HS256 with ``jwt_secret`` (or the
     ``EDGE_BRIDGE_JWT_SECRET`` environment variable), or RS256/ES256 with the PEM
-    public key in ``public_key_file``."""
+    public key in ``public_key_file``, or the keys of an identity provider: a
+    JWKS file (``jwks_file``) or URL (``jwks_url``, fetched again after
+    ``jwks_refresh_s`` or when a token names an unknown ``kid``, at most once
+    per ``jwks_min_interval_s``; while it cannot be reached the last key set
+    fetched stays in use)."""
 
     jwt_secret: str | None = None
     public_key_file: str | None = None
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    jwks_refresh_s: Annotated[float, Meta(ge=1, le=86_400)] = 300.0
+    jwks_min_interval_s: Slack = 30.0
     algorithms: list[str] = msgspec.field(default_factory=lambda: ["HS256"])
     leeway_s: Slack = 0.0
     audience: str | None = None

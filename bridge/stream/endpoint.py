@@ -140,6 +140,10 @@ class Endpoint:
         except NotAllowed as exc:
             raise self._refused(exc.reason, Refusal.FORBIDDEN, str(exc)) from None
 
+    async def prepare(self, request: Request, subprotocols: list[str]) -> None:
+        if self.plan.settings.auth == "jwt":
+            await self.service.prepare(request, subprotocols)
+
     def admit(self, transport: Transport, request: Request, subprotocols: list[str]) -> Client:
         """Origin, identity, filters, the tenant's limit: the client, or
         :class:`Refused` with this endpoint's close code and status."""

@@ -191,6 +191,7 @@ class StreamService:
         check_settings(config.stream)
         auth = auth or Authenticator(config.auth)
         auth.log_warnings()
+        auth.adopt(self.auth)
         self.auth = auth
         self.settings = msgspec.structs.replace(
             config.stream, topics=self.settings.topics, source=self.settings.source
@@ -325,6 +326,9 @@ class StreamService:
             return client, principal.subject
 
         return admitted(transport, request, build)
+
+    async def prepare(self, request: Request, subprotocols: list[str]) -> None:
+        await self.auth.refresh_keys(find_token(request.query, request.headers, subprotocols))
 
     def check_origin(self, request: Request) -> None:
         if not self.origin_allowed(request):

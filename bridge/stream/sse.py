@@ -192,6 +192,7 @@ async def _resume_guarded(
 
 async def sse_session(service: Gate, request: Request, responder: Responder) -> None:
     cors = service.cors_headers(request)
+    await service.prepare(request, [])
     try:
         client = service.admit(Transport.SSE, request, [])
     except Refused as exc:

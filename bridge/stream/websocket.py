@@ -138,6 +138,7 @@ async def websocket_session(service: Gate, request: Request, ws_request: WebSock
     code, reason = GOING_AWAY, "server shutting down"
     try:
         try:
+            await service.prepare(request, proposed)
             client = service.admit(Transport.WEBSOCKET, request, proposed)
         except Refused as exc:
             code, reason = exc.close_code, str(exc)
