@@ -68,6 +68,8 @@ CACHE_ENTRIES = 10_000
 
 # Copies of one message's payload in its dead letters, at most (bytes).
 DEAD_LETTER_COPIES_BYTES = 1 << 20
+# A spool segment's header and a record's framing, generously.
+SPOOL_FRAMING = 1024
 # Kafka's default message.max.bytes, librdkafka's client-side bound of a record.
 KAFKA_MESSAGE_MAX_BYTES = 1_000_000
 # Room a record needs beside its payload: the MQTT topic (at most 65,535 bytes)
@@ -159,13 +161,17 @@ class Normalizer:
         Normalizers of successive reloads: the daemon owns it and saves it."""
         self.plan = plan
         limits = plan.config.limits
-        # Every record must fit in a Kafka message: librdkafka refuses a larger
-        # one by raising from produce(), which no message may make happen.
-        # (With a message.max.bytes below about 150 KB, half of it is kept for
-        # the payload and a topic of tens of kilobytes is not provided for.)
-        kafka_limit = kafka_record_limit(plan.config.kafka.properties)
+        # Every record must fit in a Kafka message (librdkafka refuses a larger
+        # one by raising from produce()) and in a spool segment (the spool
+        # refuses it too): no message may make either happen.  (Below about
+        # 150 KB of either, half is kept for the payload and a topic of tens
+        # of kilobytes is not provided for.)
+        limit = kafka_record_limit(plan.config.kafka.properties)
+        spool = plan.config.spool
+        if spool.enabled:
+            limit = min(limit, spool.segment_bytes - SPOOL_FRAMING)
         room = RECORD_ROOM + limits.max_user_property_bytes
-        self.max_record = max(kafka_limit - room, kafka_limit // 2)
+        self.max_record = max(limit - room, limit // 2)
         self.max_payload = min(limits.max_payload_bytes, self.max_record)
         self.max_string = limits.max_string_length
         self.max_segment = limits.max_segment_length

@@ -180,6 +180,11 @@ def test_no_record_is_larger_than_kafka_takes(plan: Callable[[str], Plan]) -> No
         )
     )
     assert roomy.process(TOPIC, big, NOW).clean == 1
+    # A spool segment bounds records as well: the spool refuses a larger one.
+    small_segments = Normalizer(plan("[spool]\nsegment_bytes = 120_000\nmax_bytes = 240_000\n"))
+    outcome = small_segments.process(TOPIC, escaped[:50_000], NOW)
+    assert letters(outcome)[0][1].endswith("bytes, is too large to copy here)")
+    assert all(len(r.value) < 60_000 for r in outcome.records)
 
 
 def test_the_dead_letters_of_one_message_copy_its_payload_a_bounded_number_of_times(
