@@ -15,19 +15,20 @@ published once, by one of them.
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 import msgspec
 import structlog
 import trio
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge.config import KafkaSettings
 from bridge.core.coerce import Refusal
+from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight
 from bridge.core.commands import CommandPlan
 from bridge.core.normalize import Now, payload_text
-from bridge.core.records import DeadLetter, Outgoing
+from bridge.core.records import DeadLetter as DeadLetter_
+from bridge.core.records import Outgoing
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient
@@ -41,26 +42,23 @@ CONSUME_BATCH = 500
 CONSUME_TIMEOUT_S = 0.2
 
 
-class _Sent:
-    """A record on its way out: done when MQTT (or Kafka, for a dead letter)
-    acknowledged it."""
+class _DeadLetterReport:
+    """Delivery waiter of one dead letter: tells the offsets how it went."""
 
-    __slots__ = ("info", "landed")
+    __slots__ = ("action", "forwarder")
 
-    def __init__(self, info: Any = None) -> None:
-        self.info = info  # paho MQTTMessageInfo, or None for a dead letter
-        self.landed = False
-
-    def done(self) -> bool:
-        return self.landed or (self.info is not None and self.info.is_published())
+    def __init__(self, forwarder: CommandForwarder, action: DeadLetter) -> None:
+        self.forwarder = forwarder
+        self.action = action
 
     def delivered(self, error: Any, _message: Any) -> None:
-        """Dead-letter delivery report."""
-        self.landed = error is None
+        self.forwarder.dead_letter_reported(self.action, error)
 
 
 class CommandForwarder:
-    """One ``[[commands]]`` mapping: its consumer and its commit bookkeeping."""
+    """One ``[[commands]]`` mapping: its consumer, translating between
+    confluent-kafka / paho and :class:`bridge.core.command_offsets.CommandOffsets`,
+    which owns the commit rule."""
 
     def __init__(
         self, plan: CommandPlan, kafka: KafkaSettings, mqtt: MqttClient, producer: KafkaProducer
@@ -83,9 +81,12 @@ class CommandForwarder:
         conf.update(kafka.properties)
         conf["logger"] = librdkafka_logger(f"commands-{m.name}")
         self._conf = conf
-        self._pending: dict[tuple[str, int], deque[tuple[int, _Sent]]] = {}
+        self.offsets = CommandOffsets(plan)
+        # Publishes waiting for the broker's acknowledgement (paho's info).
+        self._unacked: list[tuple[InFlight, Any]] = []
+        # Dead-letter records on their way to Kafka, kept for a retry.
+        self._letters: dict[InFlight, Outgoing] = {}
         self._revoked: list[TopicPartition] = []
-        self._unsent: list[tuple[Outgoing, _Sent]] = []
         self._dead_log = SampledLog("commands.dead_letter")
 
     async def run(self) -> None:
@@ -99,15 +100,18 @@ class CommandForwarder:
                     lambda: consumer.consume(CONSUME_BATCH, CONSUME_TIMEOUT_S)
                 )
                 self._forget_revoked()
-                self._retry_dead_letters()
+                for action in self.offsets.retries():
+                    self._produce_dead_letter(action)
                 for message in messages:
                     self._handle(message)
                 offsets = self._committable()
                 if offsets:
                     await trio.to_thread.run_sync(_commit, consumer, offsets)
         finally:
+            self._committable()
+            final = _partitions(self.offsets.shutdown())
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(consumer.close)
+                await trio.to_thread.run_sync(_close, consumer, final)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Runs in the consume thread: log only.
@@ -123,9 +127,14 @@ class CommandForwarder:
     def _forget_revoked(self) -> None:
         """Another instance owns these now; their unacknowledged records will be
         consumed again there (at-least-once)."""
-        for tp in self._revoked:
-            self._pending.pop((tp.topic, tp.partition), None)
+        if not self._revoked:
+            return
+        gone = {(tp.topic, tp.partition) for tp in self._revoked}
         self._revoked.clear()
+        self.offsets.revoked(gone)
+        self._unacked = [(r, i) for r, i in self._unacked if (r.topic, r.partition) not in gone]
+        for record in [r for r in self._letters if (r.topic, r.partition) in gone]:
+            del self._letters[record]
 
     def _handle(self, message: Message) -> None:
         error = message.error()
@@ -135,29 +144,29 @@ class CommandForwarder:
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
-        queue = self._pending.setdefault((topic, partition), deque())
         raw_headers: list[tuple[str, Any]] = message.headers() or []  # type: ignore[assignment]
         headers = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in raw_headers]
-        try:
-            publish = self.plan.resolve(message.value(), headers)
-        except Refusal as refusal:
-            queue.append((offset, self._dead_letter(message, topic, refusal)))
-            return
-        info = self.mqtt.publish(
-            publish.topic,
-            publish.payload,
-            qos=self.plan.mapping.qos,
-            retain=self.plan.mapping.retain,
-            user_properties=publish.user_properties,
-        )
-        self.published += 1
-        queue.append((offset, _Sent(info)))
+        action = self.offsets.consumed(topic, partition, offset, message.value(), headers)
+        if isinstance(action, DeadLetter):
+            self.dead_letters += 1
+            self._dead_log(reason=action.refusal.reason, detail=action.refusal.detail)
+            self._letters[action.record] = self._letter(message, topic, action.refusal)
+            self._produce_dead_letter(action)
+        elif action is not None:
+            publish = action.message
+            info = self.mqtt.publish(
+                publish.topic,
+                publish.payload,
+                qos=self.plan.mapping.qos,
+                retain=self.plan.mapping.retain,
+                user_properties=publish.user_properties,
+            )
+            self.published += 1
+            self._unacked.append((action.record, info))
 
-    def _dead_letter(self, message: Message, topic: str, refusal: Refusal) -> _Sent:
-        self.dead_letters += 1
-        self._dead_log(reason=refusal.reason, detail=refusal.detail)
+    def _letter(self, message: Message, topic: str, refusal: Refusal) -> Outgoing:
         text, encoding = payload_text(message.value() or b"")
-        letter = DeadLetter(
+        letter = DeadLetter_(
             reason=refusal.reason,
             detail=refusal.detail,
             mqtt_topic=self.plan.mapping.mqtt_topic,
@@ -166,37 +175,60 @@ class CommandForwarder:
             payload_encoding="base64" if encoding == "base64" else "utf-8",
             received_at=Now(time.time_ns() // 1_000_000).iso,
         )
-        sent = _Sent()
-        record = Outgoing(
+        return Outgoing(
             self.plan.mapping.dead_letter_topic,
             message.key(),
             _encode(letter),
             [("reason", refusal.reason.encode()), ("kafka_topic", topic.encode())],
         )
-        if not self.producer.produce(record, sent):
-            self._unsent.append((record, sent))
-        return sent
 
-    def _retry_dead_letters(self) -> None:
-        """Dead letters that found librdkafka's queue full; their offsets stay
-        uncommitted until they are delivered."""
-        unsent, self._unsent = self._unsent, []
-        for record, sent in unsent:
-            if not self.producer.produce(record, sent):
-                self._unsent.append((record, sent))
+    def _produce_dead_letter(self, action: DeadLetter) -> None:
+        record = self._letters.get(action.record)
+        if record is not None and not self.producer.produce(
+            record, _DeadLetterReport(self, action)
+        ):
+            self.offsets.dead_letter_not_taken(action)
+
+    def dead_letter_reported(self, action: DeadLetter, error: Any) -> None:
+        """A dead letter's delivery report (trio side)."""
+        if error is None:
+            self._letters.pop(action.record, None)
+            self.offsets.acknowledged(action.record)
+            return
+        again = self.offsets.dead_letter_failed(action)
+        if again is None:
+            self._letters.pop(action.record, None)
+        else:
+            self._produce_dead_letter(again)
 
     def _committable(self) -> list[TopicPartition]:
-        """Per partition, the offset after the longest done prefix."""
-        offsets = []
-        for (topic, partition), queue in self._pending.items():
-            last = None
-            while queue and queue[0][1].done():
-                last = queue.popleft()[0]
-            if last is not None:
-                offsets.append(TopicPartition(topic, partition, last + 1))
-        return offsets
+        """Publishes the broker acknowledged since the last batch, then the
+        commits they allow."""
+        waiting = []
+        for record, info in self._unacked:
+            if info.is_published():
+                self.offsets.acknowledged(record)
+            else:
+                waiting.append((record, info))
+        self._unacked = waiting
+        return _partitions(self.offsets.commits())
+
+
+def _partitions(commits: list[Commit]) -> list[TopicPartition]:
+    return [TopicPartition(c.topic, c.partition, c.offset) for c in commits]
 
 
 def _commit(consumer: Consumer, offsets: list[TopicPartition]) -> None:
     """Worker thread: a synchronous commit, so a failure is seen before the next batch."""
     consumer.commit(offsets=offsets, asynchronous=False)
+
+
+def _close(consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    """Worker thread, at exit: commit what was acknowledged since the last batch
+    (without waiting: Kafka may be away), then leave the group."""
+    if offsets:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.info("commands.final_commit_failed", error=str(exc))
+    consumer.close()
