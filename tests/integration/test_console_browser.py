@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.integration.conftest import BridgeSetup
+from tests.integration.test_console_http import printed_link
 from tests.integration.test_stream_clients import SECRET, client_token, create_topic, token
 from tests.support import BridgeProcess, free_port, publish_many, wait_until
 from tests.support.browser import DESKTOP, PHONE, RequestLog, chromium, screenshot
@@ -47,8 +48,7 @@ def test_first_run_walk_through_in_a_browser(setup: BridgeSetup) -> None:
     no_kafka = ["--kafka-bootstrap", f"127.0.0.1:{free_port()}"]
     with BridgeProcess(setup.config(), args=no_kafka) as bridge, chromium() as browser:
         bridge.wait_for_event("spool.active", timeout=30)
-        (line,) = [x.text for x in bridge.lines if x.text.startswith("Open the console")]
-        link = line.split(": ", 1)[1]
+        link = printed_link(bridge)
         log = RequestLog()
         page = log.attach(browser.new_page(viewport=DESKTOP))
         page.goto(link)
@@ -64,7 +64,9 @@ def test_first_run_walk_through_in_a_browser(setup: BridgeSetup) -> None:
         row = page.locator("#events-body tr", has_text="temperature")
         expect(row).to_contain_text("DEV-001", timeout=5000)
         shown_after = time.monotonic() - published
-        assert shown_after < 1.5, f"the reading took {shown_after:.2f} s to show"
+        # Within a second on an idle machine (measured 0.1-0.3 s, publish included);
+        # the bound leaves room for a CI machine busy with other tests.
+        assert shown_after < 3.0, f"the reading took {shown_after:.2f} s to show"
         expect(row).to_contain_text("23.5")
         chart = page.locator('#charts figure[data-metric="temperature"] canvas')
         expect(chart).to_have_attribute("data-points", re.compile(r"^[1-9]"), timeout=5000)

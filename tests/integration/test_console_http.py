@@ -119,12 +119,23 @@ def test_page_health_mappings_and_try_a_payload(setup: BridgeSetup) -> None:
         assert bridge.stop() == 0
 
 
+def printed_link(bridge: BridgeProcess) -> str:
+    """The sign-in link the daemon printed on stdout (read by its own reader
+    thread, so it may come in after the log line on stderr)."""
+    lines = wait_until(
+        lambda: [x.text for x in bridge.lines if x.text.startswith("Open the console: ")],
+        30,
+        "the sign-in link on stdout",
+    )
+    assert len(lines) == 1, lines
+    return lines[0].removeprefix("Open the console: ")
+
+
 def test_first_run_prints_a_sign_in_link_on_loopback_only(setup: BridgeSetup) -> None:
     port = setup.listen_port
     with BridgeProcess(setup.config()) as bridge:
         bridge.wait_for_event("console.sign_in_link", timeout=30)
-        (line,) = [x.text for x in bridge.lines if x.text.startswith("Open the console")]
-        link = re.search(r"http://\S+", line)
+        link = re.fullmatch(r"http://\S+", printed_link(bridge))
         assert link is not None and link.group().startswith(f"http://127.0.0.1:{port}/#token=")
         secret_file = setup.workdir / "console-secret"
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
