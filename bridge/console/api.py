@@ -156,7 +156,7 @@ class Console:
             },
             "dead_letters": {
                 "kafka": inputs.dead_letter_kafka,
-                "shown": self.feed.shown_total,
+                "seen": self.feed.seen_total,
                 "watchers": len(self.feed.watchers),
             },
             "stalled_after_s": self.sources.config().health.stalled_after_s,

@@ -127,6 +127,19 @@ class Watcher:
         return self.tenant is None or self.tenant == tenant
 
 
+class _Entry:
+    """A dead letter as it arrived, rendered for the console only when some
+    console wants it: with nobody watching, a refused message costs this
+    feed one append (a flood of bad input must not cost more CPU here)."""
+
+    __slots__ = ("rendered", "source", "value")
+
+    def __init__(self, value: bytes, source: str) -> None:
+        self.value = value
+        self.source = source
+        self.rendered: tuple[str | None, str] | None = None
+
+
 class DeadLetterFeed:
     """The backlog, the watchers, and the two sources.  Has what
     :class:`bridge.stream.consumer.KafkaSource` feeds (``positions``,
@@ -136,10 +149,11 @@ class DeadLetterFeed:
         self._plan = plan
         self.positions: Positions = {}
         self.kafka_feeding = False
-        self.backlog: deque[tuple[str | None, str]] = deque(maxlen=BACKLOG)
+        self.backlog: deque[_Entry] = deque(maxlen=BACKLOG)
         self.watchers: set[Watcher] = set()
-        self.shown_total = 0
+        self.seen_total = 0
         self._local_recent: OrderedDict[bytes, None] = OrderedDict()
+        self._topics: tuple[Plan | None, frozenset[str]] = (None, frozenset())
         self._malformed = SampledLog("console.malformed_dead_letter")
 
     # ----------------------------------------------------------------- sources
@@ -159,7 +173,7 @@ class DeadLetterFeed:
         dead letters are shown while Kafka does not feed this feed."""
         if self.kafka_feeding:
             return
-        topics = set(dead_letter_topics(self._plan()))
+        topics = self._dead_letter_topics()
         for record in records:
             if record.topic in topics and record.headers and record.headers[0][0] == "reason":
                 self._local_recent[record.value] = None
@@ -167,27 +181,44 @@ class DeadLetterFeed:
                     self._local_recent.popitem(last=False)
                 self._publish(record.value, "local")
 
+    def _dead_letter_topics(self) -> frozenset[str]:
+        plan = self._plan()
+        if self._topics[0] is not plan:
+            self._topics = (plan, frozenset(dead_letter_topics(plan)))
+        return self._topics[1]
+
     def _publish(self, value: bytes, source: str) -> None:
-        try:
-            letter = _decode_letter(value)
-        except msgspec.DecodeError as exc:
-            self._malformed(source=source, reason=str(exc))
+        entry = _Entry(value, source)
+        self.backlog.append(entry)
+        self.seen_total += 1
+        if not self.watchers:
             return
-        item = shown(self._plan(), letter, source)
-        text = msgspec.json.encode(item).decode()
-        self.backlog.append((item.tenant, text))
-        self.shown_total += 1
+        tenant, text = self._render(entry)
         for watcher in self.watchers:
-            if watcher.sees(item.tenant):
+            if text and watcher.sees(tenant):
                 _offer(watcher, text)
+
+    def _render(self, entry: _Entry) -> tuple[str | None, str]:
+        """(tenant, JSON text) of an entry; empty text when it is no dead letter."""
+        if entry.rendered is None:
+            try:
+                letter = _decode_letter(entry.value)
+            except msgspec.DecodeError as exc:
+                self._malformed(source=entry.source, reason=str(exc))
+                entry.rendered = (None, "")
+            else:
+                item = shown(self._plan(), letter, entry.source)
+                entry.rendered = (item.tenant, msgspec.json.encode(item).decode())
+        return entry.rendered
 
     # ----------------------------------------------------------------- watchers
     def watch(self, tenant: str | None) -> Watcher:
         if len(self.watchers) >= MAX_WATCHERS:
             raise Refused(Refusal.TOO_MANY, f"at most {MAX_WATCHERS} dead-letter watchers")
         watcher = Watcher(tenant)
-        for letter_tenant_, text in self.backlog:
-            if watcher.sees(letter_tenant_):
+        for entry in self.backlog:
+            letter_tenant_, text = self._render(entry)
+            if text and watcher.sees(letter_tenant_):
                 _offer(watcher, text)
         self.watchers.add(watcher)
         return watcher

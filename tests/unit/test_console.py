@@ -105,7 +105,7 @@ def test_local_dead_letters_are_not_shown_twice_when_kafka_brings_them_back() ->
     feed = DeadLetterFeed(lambda: DEFAULT)
     outcome = Normalizer(DEFAULT).process("tenant/t1/device/D/telemetry", b"{", Now(NOW_MS))
     feed.publish_local(outcome.records)
-    assert [t for t, _ in feed.backlog] == ["t1"]
+    assert len(feed.backlog) == 1
     dead = [r for r in outcome.records if r.topic == "telemetry.dlq"]
     feed.publish_kafka("telemetry.dlq", 0, 0, dead[0].value, "now")
     assert len(feed.backlog) == 1
