@@ -296,7 +296,9 @@ class Daemon:
             settings = msgspec.structs.replace(
                 self.config.stream, topics=dead_letter_topics(self.plan), group_id=None
             )
-            self._dead_letter_source = KafkaSource(self.config.kafka, settings, feed)
+            self._dead_letter_source = KafkaSource(
+                self.config.kafka, settings, feed, events="console.dead_letters"
+            )
             nursery.start_soon(self._dead_letter_source.run)
         if self.console_secret is not None:
             host, port = stream.addresses[0]

@@ -199,10 +199,14 @@ class KafkaSource:
         *,
         shared: Sequence[SharedSink] = (),
         earliest: bool = False,
+        events: str = "stream",
     ) -> None:
         """``shared``: the hubs fed from the same records (``hub`` is the first
         of them), for endpoints with the same source; ``earliest``: a partition
-        without a known or committed position starts at its beginning."""
+        without a known or committed position starts at its beginning;
+        ``events``: the prefix of its log events (``stream.kafka_state``), so
+        that another reader (the console's dead letters) logs under its own."""
+        self._events = events
         self._kafka = kafka
         self._stream = stream
         self._hub = hub
@@ -216,8 +220,8 @@ class KafkaSource:
         self._missing_topics: set[str] = set()
         self._notes = _ThreadNotes()
         self._ok = trio.Event()
-        self._kafka_errors = SampledLog("stream.kafka_error")
-        self._record_errors = SampledLog("stream.kafka_record_error")
+        self._kafka_errors = SampledLog(f"{events}.kafka_error")
+        self._record_errors = SampledLog(f"{events}.kafka_record_error")
 
     # ----------------------------------------------------------------- trio side
     async def run(self) -> None:
@@ -234,12 +238,14 @@ class KafkaSource:
                 )
                 consumer.subscribe(list(self._stream.topics), on_assign=self._on_assign)
             except KafkaException as exc:
-                log.error("stream.kafka_consumer_failed", error=str(exc), retry_in_s=backoff)
+                log.error(
+                    f"{self._events}.kafka_consumer_failed", error=str(exc), retry_in_s=backoff
+                )
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
             log.info(
-                "stream.kafka_consumer_started",
+                f"{self._events}.kafka_consumer_started",
                 topics=self._stream.topics,
                 group_id=self.group_id,
                 bootstrap=self._kafka.bootstrap,
@@ -249,7 +255,7 @@ class KafkaSource:
             finally:
                 with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                     await trio.to_thread.run_sync(consumer.close, abandon_on_cancel=True)
-            log.error("stream.kafka_fatal", error=str(fatal), retry_in_s=backoff)
+            log.error(f"{self._events}.kafka_fatal", error=str(fatal), retry_in_s=backoff)
             self._set_state("connecting")
             self.assigned.clear()
             await trio.sleep(backoff)
@@ -276,7 +282,7 @@ class KafkaSource:
         if notes.any_assignment:
             self.assigned = {(t, p) for t, p, _ in notes.assigned}
             log.info(
-                "stream.partitions_assigned",
+                f"{self._events}.partitions_assigned",
                 partitions=[f"{t}/{p}@{o}" for t, p, o in notes.assigned],
             )
             if self.assigned:
@@ -336,7 +342,7 @@ class KafkaSource:
             assert topic is not None
             if topic not in self._missing_topics:
                 log.info(
-                    "stream.topic_missing",
+                    f"{self._events}.topic_missing",
                     topic=topic,
                     hint="it is read from its beginning once it exists",
                 )
@@ -346,7 +352,7 @@ class KafkaSource:
 
     def _set_state(self, state: KafkaState) -> None:
         if state != self.state:
-            log.info("stream.kafka_state", state=state, previous=self.state)
+            log.info(f"{self._events}.kafka_state", state=state, previous=self.state)
             self.state = state
         for sink in self._sinks:
             sink.kafka_feeding = state == "ok"

@@ -24,7 +24,7 @@ from playwright.sync_api import Page, expect
 from tests.integration.conftest import BridgeSetup
 from tests.integration.test_console_http import printed_link
 from tests.integration.test_stream_clients import SECRET, client_token, create_topic, token
-from tests.support import BridgeProcess, free_port, publish_many, wait_until
+from tests.support import BridgeProcess, free_port, publish_many
 from tests.support.browser import DESKTOP, PHONE, RequestLog, chromium, screenshot
 
 pytestmark = pytest.mark.timeout(120)
@@ -151,9 +151,8 @@ groups = ["pumps"]
         expect(client.locator("#whoami-text")).to_have_text("client · tenant t1")
         expect(client.locator("#try")).to_be_hidden()
         # The stream and the dead letters come from Kafka here: wait for both consumers.
-        wait_until(
-            lambda: len(bridge.events("stream.partitions_assigned")) >= 2, 30, "both consumers"
-        )
+        bridge.wait_for_event("stream.kafka_state", timeout=30, state="ok")
+        bridge.wait_for_event("console.dead_letters.kafka_state", timeout=30, state="ok")
 
         messages = [
             (topic("t1", "A-2"), reading("A-2", temperature=3.0), 1),
