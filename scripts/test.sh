@@ -48,6 +48,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --disable-pip-version-check -q -e '.[test]'
 
+# mqtt-spb-wrapper, a Sparkplug B implementation the project did not write, for
+# tests/integration/test_sparkplug_third_party.py: in a virtualenv of its own,
+# since it pins paho-mqtt 1.6.1 and protobuf 3.20.3 (tests/support/spb_wrapper.py
+# creates it the same way when it is missing).
+if ! .venv-spb/bin/python -c 'import mqtt_spb_wrapper' 2>/dev/null; then
+    python3 -m venv --clear .venv-spb
+    .venv-spb/bin/pip install --disable-pip-version-check -q 'mqtt-spb-wrapper==2.1.2'
+fi
+
 # Settings meant for a deployed daemon must not leak into the tests.
 unset "${!EDGE_BRIDGE_@}"
 
