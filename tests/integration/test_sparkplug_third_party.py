@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.integration.conftest import BridgeSetup
-from tests.integration.test_sparkplug import mapping, scraped, seen_events
+from tests.integration.test_sparkplug_daemon import mapping, scraped, seen_events
 from tests.support import BridgeProcess, kafka_read, wait_until
 from tests.support.mosquitto import Mosquitto
 from tests.support.spb_wrapper import NODE_SCRIPT, spb_wrapper_python
