@@ -29,9 +29,7 @@ from bench.mqtt_load import TENANT
 FILTER = f"tenant/{TENANT}/device/+/telemetry"
 
 
-def run_sink(
-    host: str, port: int, qos: int, received: Synchronized[int], ready: Event
-) -> None:
+def run_sink(host: str, port: int, qos: int, received: Synchronized[int], ready: Event) -> None:
     """Count every message into ``received`` until the process is terminated;
     ``ready`` is set once the broker granted the subscription."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-paho-sink")

@@ -2,6 +2,12 @@
 and latency.
 
     .venv/bin/python bench/stream_fanout.py [--clients 100] [--records 3000]
+    .venv/bin/python bench/stream_fanout.py --envelope update message   # both, one run
+
+``--envelope``: ``update`` is the built-in endpoint, one ``telemetry.update``
+event per clean record; ``message`` a ``[[streams]]`` endpoint with the
+per-message envelope, reading raw-topic records (one MQTT message with two
+metrics each) through the ingest mapping, each client asking for one metric.
 
 Three processes besides Tansu: the stream server (``run_stream`` alone, as the
 daemon runs it), this one (the producer and the clients), and Tansu.  Every
@@ -34,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +70,46 @@ class _Envelope(msgspec.Struct):
     data: _Data
 
 
+class _Metrics(msgspec.Struct):
+    temperature: float
+
+
+class _Message(msgspec.Struct):
+    metrics: _Metrics
+
+
 _decode = msgspec.json.Decoder(_Envelope).decode
+_decode_message = msgspec.json.Decoder(_Message).decode
+MESSAGE_PATH = "/bench/message"
+
+
+def _sent_at(message: str) -> float | None:
+    """The producer's clock in an event of either envelope, or None."""
+    if '"telemetry.update"' in message:
+        return _decode(message).data.value
+    if '"type":"telemetry"' in message:
+        return _decode_message(message).metrics.temperature
+    return None
+
+
+def _raw(value: float, device: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A raw-topic record: one MQTT message's payload and its topic header."""
+    payload = {
+        "schema_version": 1,
+        "device": f"DEV-{device:03d}",
+        "metrics": {"temperature": value, "humidity": 40.5},
+        "ts": "2026-02-25T14:00:00Z",
+    }
+    topic = f"tenant/t1/device/DEV-{device:03d}/telemetry"
+    return json.dumps(payload).encode(), [("mqtt_topic", topic.encode())]
+
+
+def _produce_one(producer: Producer, topic: str, envelope: str, value: float, n: int) -> None:
+    if envelope == "message":
+        payload, headers = _raw(value, n % 100)
+        producer.produce(topic, payload, headers=headers)
+    else:
+        producer.produce(topic, _record(value, n % 100))
 
 
 def _record(value: float, device: int) -> bytes:
@@ -83,12 +129,37 @@ def _record(value: float, device: int) -> bytes:
 
 # --------------------------------------------------------------------------- server process
 def serve(args: argparse.Namespace) -> None:
-    from bridge.config import AuthSettings, Config, KafkaSettings, StreamSettings
+    from bridge.config import (
+        AuthSettings,
+        Config,
+        KafkaSettings,
+        LoadedConfig,
+        Mapping,
+        StreamEndpoint,
+        StreamEnvelope,
+        StreamSettings,
+        StreamSource,
+    )
+    from bridge.core.plan import compile_config
     from bridge.logs import configure
     from bridge.stream.service import run_stream
 
     configure("json", "warning")
+    streams = []
+    if args.envelope == ["message"]:
+        streams = [
+            StreamEndpoint(
+                name="bench",
+                auth="jwt",
+                websocket_path=MESSAGE_PATH,
+                max_per_tenant=args.clients + 1,
+                source=StreamSource(topics=[args.topic], read="mapping", mapping="telemetry"),
+                envelope=StreamEnvelope(kind="message"),
+            )
+        ]
     config = Config(
+        mappings=[Mapping()],
+        streams=streams,
         listen=f"127.0.0.1:{args.port}",
         kafka=KafkaSettings(bootstrap=args.bootstrap),
         stream=StreamSettings(
@@ -103,7 +174,8 @@ def serve(args: argparse.Namespace) -> None:
         ),
         auth=AuthSettings(jwt_secret=SECRET),
     )
-    trio.run(run_stream, config)
+    plan = compile_config(LoadedConfig(config, [("bench", 0)]))
+    trio.run(partial(run_stream, config, endpoints=plan.streams))
 
 
 def _status(port: int) -> dict[str, Any]:
@@ -133,8 +205,9 @@ class Clients:
                 while True:
                     message = await ws.get_message()
                     now = time.time()
-                    if '"telemetry.update"' in message:
-                        mine.append((_decode(message).data.value, now))
+                    sent = _sent_at(message)
+                    if sent is not None:
+                        mine.append((sent, now))
 
         self.arrivals = [[] for _ in range(count)]
         async with trio.open_nursery() as nursery:
@@ -147,22 +220,24 @@ class Clients:
         return sum(len(a) for a in self.arrivals)
 
 
-def _produce_burst(producer: Producer, topic: str, records: int) -> None:
+def _produce_burst(producer: Producer, topic: str, envelope: str, records: int) -> None:
     now = time.time()
     for n in range(records):
-        producer.produce(topic, _record(now, n % 100))
+        _produce_one(producer, topic, envelope, now, n)
         if n % 1000 == 999:
             producer.poll(0)
     producer.flush(30)
 
 
-def _produce_paced(producer: Producer, topic: str, rate: float, seconds: float) -> int:
+def _produce_paced(
+    producer: Producer, topic: str, envelope: str, rate: float, seconds: float
+) -> int:
     start = time.monotonic()
     sent = 0
     while (elapsed := time.monotonic() - start) < seconds:
         due = int(elapsed * rate)
         while sent < due:
-            producer.produce(topic, _record(time.time(), sent % 100))
+            _produce_one(producer, topic, envelope, time.time(), sent)
             sent += 1
         producer.poll(0)
         time.sleep(0.002)
@@ -179,9 +254,12 @@ async def measure(
     args: argparse.Namespace, bootstrap: str, port: int, cpu: CpuWindow
 ) -> dict[str, Any]:
     """Print the capacity and latencies, and return them (bench/run.py's table)."""
-    result: dict[str, Any] = {"clients": args.clients, "latency": []}
+    envelope = args.envelope[0]
+    result: dict[str, Any] = {"clients": args.clients, "envelope": envelope, "latency": []}
     token = jwt.encode({"exp": time.time() + 3600, "role": "client", "tenant": "t1"}, SECRET)
     url = f"ws://127.0.0.1:{port}/ws/telemetry/stream/?token={token}"
+    if envelope == "message":
+        url = f"ws://127.0.0.1:{port}{MESSAGE_PATH}?token={token}&metric=temperature"
     clients = Clients()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
     async with trio.open_nursery() as nursery:
@@ -189,7 +267,7 @@ async def measure(
 
         expected = args.records * args.clients
         cpu.start(time.monotonic())
-        await trio.to_thread.run_sync(_produce_burst, producer, args.topic, args.records)
+        await trio.to_thread.run_sync(_produce_burst, producer, args.topic, envelope, args.records)
         deadline = trio.current_time() + 120
         while clients.total() < expected and trio.current_time() < deadline:
             await trio.sleep(0.05)
@@ -199,8 +277,8 @@ async def measure(
         span = max(arrivals) - min(arrivals)
         capacity = delivered / span
         print(
-            f"capacity: {args.records} records x {args.clients} clients = {delivered} of "
-            f"{expected} deliveries in {span:.2f} s: {capacity:,.0f} deliveries/s "
+            f"[{envelope}] capacity: {args.records} records x {args.clients} clients = "
+            f"{delivered} of {expected} deliveries in {span:.2f} s: {capacity:,.0f} deliveries/s "
             f"({capacity / args.clients:,.0f} records/s); CPU in cores {used}"
         )
         result |= {"deliveries_per_s": round(capacity), "delivered": delivered, "cpu": used}
@@ -211,7 +289,7 @@ async def measure(
             rate = max(1.0, capacity * share / args.clients)
             cpu.start(time.monotonic())
             sent = await trio.to_thread.run_sync(
-                _produce_paced, producer, args.topic, rate, args.seconds
+                _produce_paced, producer, args.topic, envelope, rate, args.seconds
             )
             used = cpu.stop(time.monotonic())
             deadline = trio.current_time() + 30
@@ -252,6 +330,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", nargs="?", default="measure", choices=["measure", "serve"])
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument(
+        "--envelope",
+        nargs="+",
+        default=["update"],
+        choices=["update", "message"],
+        help="the envelope(s) to measure, one after the other in this run",
+    )
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
@@ -279,7 +364,8 @@ def main() -> None:
     if args.mode == "serve":
         serve(args)
         return
-    run_fanout(args)
+    for envelope in args.envelope:
+        run_fanout(argparse.Namespace(**{**vars(args), "envelope": [envelope]}))
 
 
 def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
@@ -304,6 +390,8 @@ def run_fanout(args: argparse.Namespace) -> dict[str, Any]:
                 str(args.clients),
                 "--queue",
                 str(args.queue),
+                "--envelope",
+                args.envelope[0],
                 *(["--fetch-wait-ms", str(args.fetch_wait_ms)] if args.fetch_wait_ms else []),
             ]
         )

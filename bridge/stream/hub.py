@@ -43,6 +43,9 @@ from bridge.core.stream_envelope import EnvelopeRules, render_event
 from bridge.core.stream_read import MappingReader, Reader, StreamItem
 from bridge.logs import SampledLog
 
+#: Events whose envelope could not be rendered (a bug, not a bad record).
+_render_failures = SampledLog("stream.render_failed", level="error")
+
 #: Where a record is: topic, partition, offset, and its edge-local sequence
 #: number (0: not delivered locally); and the headers a reader gets.
 At = tuple[str, int, int, int]
@@ -126,7 +129,11 @@ class Event:
         wanted = client.filters.metrics
         if wanted in self._bodies:
             return self._bodies[wanted]
-        data = self.render(wanted)
+        try:
+            data = self.render(wanted)
+        except Exception as exc:  # skipped for these clients, never their end
+            _render_failures(topic=self.topic, offset=self.offset, error=repr(exc)[:200])
+            data = None
         body = (data, data.decode()) if data is not None else None
         self._bodies[wanted] = body
         return body
@@ -501,7 +508,12 @@ class EndpointHub(Hub):
 
     def _publish(self, at: At, value: bytes | None, sent_at: str, headers: Hdrs, now: int) -> None:
         topic, partition, offset, _local_seq = at
-        item = self.reader(value, headers, now)
+        try:
+            item = self.reader(value, headers, now)
+        except MalformedRecord:
+            raise
+        except Exception as exc:  # a reader's bug must not end the consumer's task
+            raise MalformedRecord(f"unreadable record ({type(exc).__name__}: {exc})") from exc
         tenant_clients: Iterable[Client] = self._by_tenant.get(item.tenant, ())
         if not tenant_clients and not self._everyone:
             return
