@@ -47,7 +47,12 @@ function signIn(token) {
   $("signin").hidden = true;
   $("whoami").hidden = false;
   const c = state.claims;
+  if (typeof c.exp === "number" && c.exp * 1000 <= Date.now()) {
+    signOut("This token has expired: sign in with a new one (edge-bridge run prints a new link at each start).");
+    return;
+  }
   $("whoami-text").textContent = `${c.role || "?"}${c.tenant ? " · tenant " + c.tenant : ""}`;
+  $("whoami").title = typeof c.exp === "number" ? `token valid until ${new Date(c.exp * 1000).toLocaleString()}` : "";
   $("try").hidden = c.role !== "admin";
   connect("/ws/telemetry/stream/", "stream-state", onTelemetry);
   connect("/ws/console/dead-letters/", "dead-state", onDeadLetter);
