@@ -1,0 +1,433 @@
+"""When an MQTT message may be acknowledged: the ingest path's at-least-once
+rules as a sans-IO state machine.
+
+Events in, actions out, no I/O (the style of h11 and wsproto): the adapters
+feed :class:`Delivery` what happened (a message arrived, Kafka delivered or
+failed a record, the producer's queue was full, the spool synced records, the
+spool or Kafka changed state, the MQTT session was lost, shutdown began) and
+carry out the actions it returns (:class:`Produce`, :class:`Spool`,
+:class:`Settled` with or without an acknowledgement, :class:`Dropped`,
+:class:`SpoolActive`, :class:`SpoolDrained`, :class:`SpoolBypassed`).
+
+The rules it encodes are those of docs/operations.md, today carried out by
+:mod:`bridge.ingest` (``Ingest.handle_batch``, ``_not_taken``, ``_spool``,
+``on_delivery``, ``finish_one``, ``after_reports``, ``take_back``),
+:mod:`bridge.store_forward` (``activate``, ``usable``, ``refusing``, the drain
+round's release and deactivation, ``_mark_available``) and the daemon's
+wiring of the producer's state to the spool:
+
+1. A QoS 1 message is acknowledged only once every record made from it is
+   held: delivered by Kafka, or in the spool with the ``fsync`` covering it
+   returned.  A message that made no record is acknowledged at once.
+2. The acknowledgement carries the session (generation) the message came
+   in: a message of a lost session is never acknowledged on a new one (the
+   broker delivers it again; its records are not taken back, so Kafka may
+   get them twice, which at-least-once allows).
+3. While the spool is *active* every new record goes to it, behind the ones
+   already there.  It becomes active when Kafka is unreachable, a delivery
+   failed, or the producer's queue was full, and stays active until the
+   drain finds it empty, even when Kafka came back meanwhile (order).
+4. A record the producer's queue refuses goes to the spool when the spool is
+   usable (active, or able to take records); otherwise a QoS 1 record waits
+   in memory (the *overflow*, retried in order after each batch of delivery
+   reports, and new records queue behind it) and a QoS 0 record is dropped
+   and counted.
+5. A record whose delivery failed goes to the spool when it is usable;
+   otherwise it is produced again (duplicates, not loss), and waits in the
+   overflow if the queue refuses it, whatever its QoS.
+6. While the spool refuses records (full under ``backpressure``, or its disk
+   unavailable) a QoS 0 record meant for it is dropped and counted; a QoS 1
+   record waits for it, unacknowledged.
+7. When the spool is unavailable and has nothing readable left, the records
+   waiting for it go to Kafka in their order and the spool stops being
+   active (``spool.bypassed``); once its disk recovers it is activated again
+   at once if Kafka is unreachable.
+8. After shutdown began nothing new is taken and nothing is produced: a
+   failed record still goes to the spool if it can, anything else is
+   abandoned unacknowledged (the broker delivers it again to the next run).
+
+Each record is in exactly one state at a time; an event that does not fit a
+record's state (a sync or report that lost a race with another one) is
+ignored and counted in :attr:`Delivery.stale`, so a record never counts twice
+towards its message.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, TypeVar
+
+R = TypeVar("R")
+
+
+class State(Enum):
+    PRODUCING = "producing"  # handed to the producer, its report outstanding
+    OVERFLOW = "overflow"  # refused by a full producer queue, waiting in memory
+    SPOOLING = "spooling"  # handed to the spool, its sync outstanding
+    HELD = "held"  # delivered by Kafka or synced in the spool
+    DROPPED = "dropped"  # QoS 0, nowhere to put it
+    ABANDONED = "abandoned"  # shutdown: left unacknowledged
+
+
+class Message:
+    """One MQTT message until every record made from it is held."""
+
+    __slots__ = ("context", "generation", "mid", "remaining")
+
+    def __init__(self, generation: int, mid: int | None, remaining: int, context: object) -> None:
+        self.generation = generation
+        self.mid = mid  # None for QoS 0: nothing to acknowledge
+        self.remaining = remaining
+        self.context = context  # the adapter's (e.g. when it arrived)
+
+
+class Tracked(Generic[R]):
+    """One record of a message, and where it is."""
+
+    __slots__ = ("failed", "message", "record", "state")
+
+    def __init__(self, record: R, message: Message) -> None:
+        self.record = record
+        self.message = message
+        self.state = State.PRODUCING
+        self.failed = False  # a delivery of it failed: held in memory if refused
+
+
+@dataclass(frozen=True, slots=True)
+class Produce(Generic[R]):
+    """Hand the record to the producer.  If its queue refuses it, report
+    :meth:`Delivery.not_taken` before carrying out the next action; for a
+    ``retry`` (the overflow), report :meth:`Delivery.retry_refused` instead and
+    stop there: the ones after it stay in the overflow."""
+
+    item: Tracked[R]
+    retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Spool(Generic[R]):
+    """Queue the record for the spool's next grouped append and sync."""
+
+    item: Tracked[R]
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped(Generic[R]):
+    """A QoS 0 record was dropped: count it, log ``hint`` (sampled)."""
+
+    item: Tracked[R]
+    hint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """Every record of ``message`` is held (or dropped); acknowledge it when
+    ``ack`` (QoS 1, and its session is the current one)."""
+
+    message: Message
+    ack: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolActive:
+    """New records go to the spool from now on, because of ``reason``."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolDrained:
+    """The spool is empty: records go straight to Kafka again."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolBypassed:
+    """The unavailable spool has nothing left: the ``records`` waiting for it
+    were handed back (as the :class:`Produce` actions that follow)."""
+
+    records: int
+
+
+Action = Produce[R] | Spool[R] | Dropped[R] | Settled | SpoolActive | SpoolDrained | SpoolBypassed
+
+QUEUE_FULL_HINT = "Kafka is slower than the QoS 0 inflow or down; use QoS 1"
+SPOOL_REFUSING_HINT = "the spool is full or unavailable; use QoS 1 to have the broker hold them"
+
+
+class Delivery(Generic[R]):
+    """The acknowledgement and routing rules of the ingest path.
+
+    ``spool``: whether a spool is configured; ``backlog``: it holds records
+    at start (it is active until drained); ``spool_unavailable``: it could not
+    be opened, or its disk refuses writes.
+    """
+
+    def __init__(
+        self,
+        *,
+        spool: bool,
+        backlog: bool = False,
+        spool_unavailable: bool = False,
+        generation: int = 0,
+    ) -> None:
+        self.spool_enabled = spool
+        self.active = spool and backlog
+        self.unavailable = spool and spool_unavailable
+        self.full = False
+        self.kafka_down = False
+        self.closing = False
+        self.generation = generation
+        self.pending = 0  # messages with records not held yet
+        self.stale = 0  # events that lost a race (see the module docstring)
+        self._overflow: deque[Tracked[R]] = deque()
+        self._spooling: dict[Tracked[R], None] = {}  # in the order handed over
+        self._retrying: list[Tracked[R]] = []  # the last reports_done() retry
+
+    # ------------------------------------------------------------------ views
+    @property
+    def usable(self) -> bool:
+        """Records Kafka cannot take go to the spool: it can take them, or
+        records are queued behind a backlog that must drain first."""
+        return self.spool_enabled and (self.active or not self.unavailable)
+
+    @property
+    def refusing(self) -> bool:
+        """The spool does not take records now (full, or unavailable)."""
+        return self.full or self.unavailable
+
+    @property
+    def overflow(self) -> int:
+        """Records waiting in memory for room in the producer's queue."""
+        return len(self._overflow)
+
+    # ------------------------------------------------------------------ MQTT side
+    def arrived(
+        self,
+        generation: int,
+        mid: int | None,
+        qos: int,
+        records: Sequence[R],
+        context: object = None,
+    ) -> list[Action[R]]:
+        """A message of session ``generation`` made ``records``."""
+        out: list[Action[R]] = []
+        if self.closing:
+            return out  # not taken: the broker delivers it again
+        if generation > self.generation:
+            self.generation = generation
+        message = Message(generation, mid if qos > 0 else None, len(records), context)
+        if not records:
+            out.append(Settled(message, message.mid is not None))
+            return out
+        self.pending += 1
+        for record in records:
+            self._route(Tracked(record, message), out)
+        return out
+
+    def session_lost(self, generation: int) -> None:
+        """The MQTT connection is gone; ``generation`` is the next one.  Its
+        messages still pending are never acknowledged (the broker redelivers)."""
+        self.generation = max(self.generation, generation)
+
+    # ------------------------------------------------------------------ producer side
+    def not_taken(self, item: Tracked[R]) -> list[Action[R]]:
+        """The producer's queue refused a :class:`Produce` (it is full)."""
+        out: list[Action[R]] = []
+        if item.state is not State.PRODUCING:
+            self.stale += 1
+        elif self.closing:
+            self._abandon(item)
+        elif item.failed:
+            item.state = State.OVERFLOW
+            self._overflow.append(item)
+        else:
+            self._refused(item, out)
+        return out
+
+    def delivered(self, item: Tracked[R]) -> list[Action[R]]:
+        """Kafka acknowledged the record."""
+        out: list[Action[R]] = []
+        if item.state is not State.PRODUCING:
+            self.stale += 1
+        else:
+            self._hold(item, out)
+        return out
+
+    def failed(self, item: Tracked[R]) -> list[Action[R]]:
+        """Kafka gave up on the record (delivery timeout, purge, fatal error)."""
+        out: list[Action[R]] = []
+        if item.state is not State.PRODUCING:
+            self.stale += 1
+            return out
+        item.failed = True
+        if self.usable:
+            self._activate("Kafka delivery failed", out)
+            self._to_spool(item, out)
+        elif self.closing:
+            self._abandon(item)
+        else:
+            out.append(Produce(item))
+        return out
+
+    def reports_done(self) -> list[Action[R]]:
+        """After a batch of delivery reports: the overflow, in order, to retry
+        (stop at the first refusal, report it with :meth:`retry_refused`)."""
+        out: list[Action[R]] = []
+        if self.closing or not self._overflow:
+            return out
+        for item in self._overflow:
+            item.state = State.PRODUCING
+            out.append(Produce(item, retry=True))
+        self._retrying = list(self._overflow)
+        self._overflow.clear()
+        return out
+
+    def retry_refused(self, item: Tracked[R]) -> None:
+        """The producer refused ``item`` of a :meth:`reports_done` retry: it and
+        those after it (not attempted) wait in the overflow again, in order."""
+        retrying = self._retrying
+        if item.state is not State.PRODUCING or item not in retrying:
+            self.stale += 1
+            return
+        back = retrying[retrying.index(item) :]
+        for waiting in back:
+            waiting.state = State.OVERFLOW
+        self._overflow.extendleft(reversed(back))
+        self._retrying = []
+
+    def kafka_unreachable(self) -> list[Action[R]]:
+        """No broker answers: the spool takes over (if it can take records)."""
+        out: list[Action[R]] = []
+        self.kafka_down = True
+        self._activate("Kafka is unreachable", out)
+        return out
+
+    def kafka_back(self) -> None:
+        """A broker answers again.  The spool stays active until drained."""
+        self.kafka_down = False
+
+    # ------------------------------------------------------------------ spool side
+    def synced(self, items: Iterable[Tracked[R]]) -> list[Action[R]]:
+        """The spool appended and synced these records."""
+        out: list[Action[R]] = []
+        for item in items:
+            if item.state is not State.SPOOLING:
+                self.stale += 1
+                continue
+            del self._spooling[item]
+            self._hold(item, out)
+        return out
+
+    def spool_full(self) -> None:
+        """An append was refused for want of room (``backpressure``)."""
+        self.full = True
+
+    def spool_accepting(self) -> None:
+        """An append went through: the spool has room again."""
+        self.full = False
+
+    def spool_unavailable(self) -> None:
+        """The spool's disk refused it; records waiting for it keep waiting."""
+        if self.spool_enabled:
+            self.unavailable = True
+
+    def spool_available(self) -> list[Action[R]]:
+        """The spool's disk takes writes again."""
+        out: list[Action[R]] = []
+        self.unavailable = False
+        if self.kafka_down:
+            self._activate("Kafka is unreachable", out)
+        return out
+
+    def spool_backlog(self) -> None:
+        """The spool (opened again) holds records: it is active until drained."""
+        if self.spool_enabled:
+            self.active = True
+
+    def drained(self) -> list[Action[R]]:
+        """The drain found nothing readable in the spool, and no append is in
+        progress: records go straight to Kafka again, or, when the spool is
+        unavailable, the records waiting for it are handed back to Kafka."""
+        out: list[Action[R]] = []
+        waiting = list(self._spooling)
+        if self.unavailable and waiting:
+            self._spooling.clear()
+            self.active = False
+            out.append(SpoolBypassed(len(waiting)))
+            for item in waiting:
+                self._route(item, out)
+        elif not waiting and self.active:
+            self.active = False
+            out.append(SpoolDrained())
+        return out
+
+    # ------------------------------------------------------------------ lifetime
+    def shutdown(self) -> list[Action[R]]:
+        """Shutdown began: nothing new is taken or produced; the overflow is
+        abandoned (unacknowledged: the broker delivers it again)."""
+        self.closing = True
+        for item in self._overflow:
+            self._abandon(item)
+        self._overflow.clear()
+        return []
+
+    # ------------------------------------------------------------------ rules
+    def _route(self, item: Tracked[R], out: list[Action[R]]) -> None:
+        """A new record, or one handed back by the spool."""
+        if self.active:
+            self._to_spool(item, out)
+        elif self.closing:
+            self._abandon(item)
+        elif self._overflow:
+            item.state = State.PRODUCING
+            self._refused(item, out)
+        else:
+            item.state = State.PRODUCING
+            out.append(Produce(item))
+
+    def _refused(self, item: Tracked[R], out: list[Action[R]]) -> None:
+        """The producer cannot take it (queue full, or others wait before it)."""
+        if self.usable:
+            self._activate("the Kafka producer queue is full", out)
+            self._to_spool(item, out)
+        elif item.message.mid is not None:
+            item.state = State.OVERFLOW
+            self._overflow.append(item)
+        else:
+            self._drop(item, QUEUE_FULL_HINT, out)
+
+    def _to_spool(self, item: Tracked[R], out: list[Action[R]]) -> None:
+        if item.message.mid is None and self.refusing:
+            self._drop(item, SPOOL_REFUSING_HINT, out)
+            return
+        item.state = State.SPOOLING
+        self._spooling[item] = None
+        out.append(Spool(item))
+
+    def _activate(self, reason: str, out: list[Action[R]]) -> None:
+        if self.spool_enabled and not self.active and not self.unavailable:
+            self.active = True
+            out.append(SpoolActive(reason))
+
+    def _drop(self, item: Tracked[R], hint: str, out: list[Action[R]]) -> None:
+        item.state = State.DROPPED
+        out.append(Dropped(item, hint))
+        self._finish(item.message, out)
+
+    def _hold(self, item: Tracked[R], out: list[Action[R]]) -> None:
+        item.state = State.HELD
+        self._finish(item.message, out)
+
+    def _abandon(self, item: Tracked[R]) -> None:
+        item.state = State.ABANDONED
+
+    def _finish(self, message: Message, out: list[Action[R]]) -> None:
+        message.remaining -= 1
+        if message.remaining:
+            return
+        self.pending -= 1
+        ack = message.mid is not None and message.generation == self.generation
+        out.append(Settled(message, ack))
