@@ -236,8 +236,8 @@ class Delivery(Generic[R]):
     def not_taken(self, item: Tracked[R]) -> list[Action[R]]:
         """The producer's queue refused a :class:`Produce` (it is full)."""
         out: list[Action[R]] = []
-        if item.state is not State.PRODUCING:
-            self.stale += 1
+        if not self._expected(item, State.PRODUCING):
+            pass
         elif self.closing:
             self._abandon(item)
         elif item.failed:
@@ -250,17 +250,14 @@ class Delivery(Generic[R]):
     def delivered(self, item: Tracked[R]) -> list[Action[R]]:
         """Kafka acknowledged the record."""
         out: list[Action[R]] = []
-        if item.state is not State.PRODUCING:
-            self.stale += 1
-        else:
+        if self._expected(item, State.PRODUCING):
             self._hold(item, out)
         return out
 
     def failed(self, item: Tracked[R]) -> list[Action[R]]:
         """Kafka gave up on the record (delivery timeout, purge, fatal error)."""
         out: list[Action[R]] = []
-        if item.state is not State.PRODUCING:
-            self.stale += 1
+        if not self._expected(item, State.PRODUCING):
             return out
         item.failed = True
         if self.usable:
@@ -314,8 +311,7 @@ class Delivery(Generic[R]):
         """The spool appended and synced these records."""
         out: list[Action[R]] = []
         for item in items:
-            if item.state is not State.SPOOLING:
-                self.stale += 1
+            if not self._expected(item, State.SPOOLING):
                 continue
             del self._spooling[item]
             self._hold(item, out)
@@ -375,6 +371,14 @@ class Delivery(Generic[R]):
         return []
 
     # ------------------------------------------------------------------ rules
+    def _expected(self, item: Tracked[R], state: State) -> bool:
+        """Whether ``item`` is where the event says; if not, the event lost a
+        race and is counted as stale."""
+        if item.state is state:
+            return True
+        self.stale += 1
+        return False
+
     def _route(self, item: Tracked[R], out: list[Action[R]]) -> None:
         """A new record, or one handed back by the spool."""
         if self.active:

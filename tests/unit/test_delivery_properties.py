@@ -19,16 +19,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.core.delivery import (
-    Action,
-    Delivery,
-    Dropped,
-    Produce,
-    Settled,
-    Spool,
-    SpoolBypassed,
-    Tracked,
-)
+import bridge.core.delivery as core
 
 EVENTS = (
     "arrive",
@@ -54,14 +45,14 @@ class Adapter:
     """What ingest, store_forward and the producer would do, in memory."""
 
     def __init__(self, spool: bool, backlog: int) -> None:
-        self.d: Delivery[int] = Delivery(spool=spool, backlog=backlog > 0)
+        self.d: core.Delivery[int] = core.Delivery(spool=spool, backlog=backlog > 0)
         self.spool = spool
         self.backlog = backlog  # records in the spool, to drain
         self.queue_full = False
         self.spool_refuses: str | None = None  # "full" or "unavailable"
         self.generation = 1
-        self.in_kafka: list[Tracked[int]] = []  # produced, report outstanding
-        self.to_write: list[Tracked[int]] = []  # the spool writer's queue
+        self.in_kafka: list[core.Tracked[int]] = []  # produced, report outstanding
+        self.to_write: list[core.Tracked[int]] = []  # the spool writer's queue
         self.safe: set[int] = set()  # records delivered or synced
         self.produced: Counter[int] = Counter()
         self.failures: Counter[int] = Counter()
@@ -71,12 +62,12 @@ class Adapter:
         self.acked: set[int] = set()
         self.settled: set[int] = set()
         self.next_record = 0
-        self.seen: list[Tracked[int]] = []  # every record handed out, for late reports
+        self.seen: list[core.Tracked[int]] = []  # every record handed out, for late reports
 
     # ------------------------------------------------------------------ actions
-    def run(self, actions: list[Action[int]]) -> None:
+    def run(self, actions: list[core.Action[int]]) -> None:
         for action in actions:
-            if isinstance(action, Produce):
+            if isinstance(action, core.Produce):
                 if self.queue_full:
                     if action.retry:
                         self.d.retry_refused(action.item)
@@ -88,19 +79,19 @@ class Adapter:
                 assert self.produced[record] <= 1 + self.failures[record], record
                 self.in_kafka.append(action.item)
                 self.seen.append(action.item)
-            elif isinstance(action, Spool):
+            elif isinstance(action, core.Spool):
                 assert self.spool
                 self.to_write.append(action.item)
                 self.seen.append(action.item)
-            elif isinstance(action, SpoolBypassed):
+            elif isinstance(action, core.SpoolBypassed):
                 assert action.records == len(self.to_write)
                 self.to_write = []
-            elif isinstance(action, Dropped):
+            elif isinstance(action, core.Dropped):
                 assert self.qos_of[action.item.message.context] == 0  # type: ignore[index]
-            elif isinstance(action, Settled):
+            elif isinstance(action, core.Settled):
                 self.settle(action)
 
-    def settle(self, action: Settled) -> None:
+    def settle(self, action: core.Settled) -> None:
         packet = action.message.context
         assert isinstance(packet, int)
         assert packet not in self.settled
