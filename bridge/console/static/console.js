@@ -18,6 +18,7 @@ const state = {
   token: null, claims: null, events: [], dead: [], metrics: new Map(),
   pinned: new Set(), series: new Map(), dirty: false, sockets: [], healthTimer: null,
   groups: new Map(),  // "tenant/group" -> Set of devices, from the device registry
+  healthSoon: null,
 };
 
 // ------------------------------------------------------------------ sign-in
@@ -143,7 +144,14 @@ function matches(d, f) {
     && (!f.metric || String(d.metric).toLowerCase().includes(f.metric));
 }
 
+function healthSoon() {
+  // Activity: look at the health again once the daemon sampled it (every second).
+  if (state.healthSoon) return;
+  state.healthSoon = setTimeout(() => { state.healthSoon = null; refreshHealth(); }, 1100);
+}
+
 function schedule() {
+  healthSoon();
   if (state.dirty) return;
   state.dirty = true;
   setTimeout(() => { state.dirty = false; renderEvents(); renderCharts(); }, 200);
@@ -270,6 +278,7 @@ function fmt(v) {
 // ------------------------------------------------------------------ dead letters
 function onDeadLetter(msg) {
   if (msg.type !== "dead_letter") return;
+  healthSoon();
   state.dead.unshift(msg);
   if (state.dead.length > MAX_DEAD) state.dead.length = MAX_DEAD;
   const rows = state.dead.map((d) => {
