@@ -444,13 +444,18 @@ class Daemon:
 
         Everything the new config needs is built first (bridge.runtime: plans,
         stream settings, authenticator and key file, TLS context, librdkafka's
-        configuration); only then does anything change.  Mappings, catalog and
-        registry swap atomically (a new Normalizer between two batches);
-        subscriptions are changed in place on the live MQTT session.  Nothing
-        a reload reads may end the process: any failure, even one no check
-        foresaw, is a refused reload, and the running config stays."""
+        configuration, the new Normalizer); only then does anything change.
+        Mappings, catalog and registry swap atomically (the new Normalizer
+        between two batches); subscriptions and the MQTT packet bound are
+        changed in place on the live session.  Nothing a reload reads may end
+        the process: any failure while building, even one no check foresaw, is
+        a refused reload and the running config stays; a failure while
+        applying is logged and counted (``incomplete``), and the rest applies."""
         try:
             runtime = self._with_first_run_secret(self.loader())
+            normalizer = Normalizer(
+                runtime.plan, previous=self.normalizer, sparkplug_state=self.sparkplug.state
+            )
         except ConfigError as exc:
             self._refuse(exc.errors)
             return
@@ -461,22 +466,29 @@ class Daemon:
         config, plan = runtime.config, runtime.plan
         changed = _restart_only_changes(self.config, config)
         self.runtime, self.config, self.plan = runtime, config, plan
-        self.normalizer = Normalizer(
-            plan, previous=self.normalizer, sparkplug_state=self.sparkplug.state
-        )
-        self.ingest.normalizer = self.normalizer
-        if self.mqtt is not None:
-            self.mqtt.set_subscriptions([(m.subscription, m.qos) for m in plan.mappings])
-        for hook in self.reload_hooks:
-            hook(runtime)
-        if self.stream is not None:
-            self.stream.reload_endpoints(plan.streams)
-        self.reloads["applied"] += 1
+        self.normalizer = self.ingest.normalizer = normalizer
+        failed = [name for name, step in self._live_steps(runtime) if not _applied(name, step)]
+        self.reloads["incomplete" if failed else "applied"] += 1
         log.info(
             "bridge.reloaded",
             mappings=[m.name for m in plan.mappings],
-            needs_restart=changed or None,
+            needs_restart=changed or failed or None,
         )
+
+    def _live_steps(self, runtime: Runtime) -> list[tuple[str, Callable[[], None]]]:
+        """What a reload changes on live connections, once its config is in
+        force: each step on its own, so one that fails cannot stop the others."""
+        plan, max_payload = runtime.plan, runtime.config.limits.max_payload_bytes
+        steps: list[tuple[str, Callable[[], None]]] = []
+        mqtt = self.mqtt
+        if mqtt is not None:
+            subscriptions = [(m.subscription, m.qos) for m in plan.mappings]
+            steps.append(("mqtt.subscriptions", partial(mqtt.set_subscriptions, subscriptions)))
+            steps.append(("limits.max_payload_bytes", partial(mqtt.set_max_payload, max_payload)))
+        steps += [("stream", partial(hook, runtime)) for hook in self.reload_hooks]
+        if self.stream is not None:
+            steps.append(("streams", partial(self.stream.reload_endpoints, plan.streams)))
+        return steps
 
     def _refuse(self, errors: list[str]) -> None:
         self.reloads["refused"] += 1
@@ -560,6 +572,23 @@ async def _first_open(
         hint=f"{hint} (spool.required = true refuses to start instead)",
     )
     return spool, reason
+
+
+def _applied(name: str, step: Callable[[], None]) -> bool:
+    """Run one step of applying a reload behind a barrier: a failure no check
+    foresaw is logged with its traceback and the step named, never raised
+    (it would end the daemon from a signal handler)."""
+    try:
+        step()
+    except Exception as exc:
+        log.exception(
+            "bridge.reload_step_failed",
+            step=name,
+            error=f"{type(exc).__name__}: {exc}",
+            hint="the rest of the reload is applied; restart to apply this part",
+        )
+        return False
+    return True
 
 
 def _restart_only_changes(old: Config, new: Config) -> list[str]:

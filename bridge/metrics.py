@@ -134,7 +134,8 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Console \"try a payload\" requests refused, per reason (unauthenticated, forbidden...)."),
     # operations
     ("config_reloads", "counter", ("result",),
-     "Config reloads (SIGHUP or --watch-config) applied, or refused with the old config kept."),
+     "Config reloads (SIGHUP or --watch-config) applied, refused with the old config kept, "
+     "or incomplete (a step of applying one failed; see bridge.reload_step_failed)."),
     # Sparkplug B
     ("sparkplug_events", "counter", ("kind",),
      "Sparkplug B bookkeeping: seq_gaps, null_metrics, dead_device_data, stale_deaths, "
@@ -147,7 +148,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 KAFKA_STATES = ("connecting", "up", "down")
-RELOAD_RESULTS = ("applied", "refused")
+RELOAD_RESULTS = ("applied", "incomplete", "refused")
 
 
 class SpoolView(Protocol):

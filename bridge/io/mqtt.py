@@ -282,6 +282,12 @@ class MqttClient:
         if added or removed:
             log.info("mqtt.subscriptions_changed", added=[t for t, _ in added], removed=removed)
 
+    def set_max_payload(self, max_payload_bytes: int) -> None:
+        """Take a reloaded ``limits.max_payload_bytes`` for the packets still
+        to come on this connection and the next ones."""
+        self.max_payload_bytes = max_payload_bytes
+        self._framer.set_max_payload(max_payload_bytes)
+
     def pause(self) -> None:
         """Stop reading from the broker (graceful shutdown); writes still go out.
         The read loop then only wakes once per tick, for the keepalive."""

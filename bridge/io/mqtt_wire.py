@@ -128,13 +128,20 @@ class Framer:
 
     def __init__(self, *, v5: bool, max_payload: int = 65_536) -> None:
         self.v5 = v5
-        self.max_packet = max_payload + HEADER_ROOM
+        self.max_packet = 0
+        self.set_max_payload(max_payload)
         self._rest = b""  # the start of an incomplete packet
         self._more: list[bytes] = []  # bytes received after _rest, not joined yet
         self._have = 0  # len(_rest) plus the sizes in _more
         self._need = 0  # _have must reach this before decoding is tried again
         self._skip = 0  # bytes still to discard of an oversized PUBLISH
         self._skipped: InboundMessage | None = None  # handed on once they are
+
+    def set_max_payload(self, max_payload: int) -> None:
+        """A new bound (a reload).  It holds from the next decode on, for a
+        packet partly received too; the rest of a PUBLISH already cut at the
+        old bound is still skipped to its end."""
+        self.max_packet = max_payload + HEADER_ROOM
 
     @property
     def buffered(self) -> int:

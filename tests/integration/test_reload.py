@@ -113,6 +113,33 @@ def test_watch_config_reloads_a_saved_file_and_refuses_a_broken_one(setup: Bridg
     assert clean.key == b"s1:m1"
 
 
+def test_a_reload_that_raises_the_payload_bound_takes_the_next_large_message_whole(
+    setup: BridgeSetup,
+) -> None:
+    """limits.max_payload_bytes also bounds the packets the MQTT framer buffers:
+    a reload must raise that too, or a message above the old bound arrives
+    cut there and the new normalizer takes the cut bytes for the payload."""
+    config = setup.config(extra="[limits]\nmax_payload_bytes = 1000\n")
+    pad = "x" * 300_000
+    payload = json.dumps({"schema_version": 1, "metrics": {"energy": 1.0}, "pad": pad}).encode()
+    message = [("tenant/t1/device/BIG/telemetry", payload, 1)]
+    with BridgeProcess(config) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        publish_many(setup.mosquitto.url, message)
+        (dead,) = kafka_read(setup.tansu.bootstrap, setup.dlq, expected=1)
+        config.write_text(config.read_text().replace("= 1000\n", "= 400000\n", 1))
+        mark = bridge.mark()
+        bridge.send_signal(signal.SIGHUP)
+        bridge.wait_for_event("bridge.reloaded", since=mark, timeout=15)
+        publish_many(setup.mosquitto.url, message)
+        (clean,) = kafka_read(setup.tansu.bootstrap, setup.clean, expected=1)
+        assert len(kafka_read(setup.tansu.bootstrap, setup.dlq, expected=1)) == 1
+        assert len(bridge.events("mqtt.connected")) == 1
+        assert bridge.stop() == 0
+    assert dead.json()["reason"] == "payload_too_large"
+    assert clean.key == b"t1:BIG"
+
+
 def test_watch_config_without_a_config_file_is_refused() -> None:
     bridge = BridgeProcess(None, args=["--watch-config"])
     code = wait_until(lambda: bridge.returncode, 20, "exit")

@@ -247,3 +247,19 @@ def test_a_large_packet_in_many_reads_costs_linear_time() -> None:
     spent = time.process_time() - started
     assert len(messages) == 1 and len(messages[0].payload) == 16 * 1024 * 1024
     assert spent < 2.0, f"{spent:.1f} s of CPU"
+
+
+def test_a_new_bound_holds_from_the_next_packet() -> None:
+    """A reload that raises limits.max_payload_bytes: the next large PUBLISH
+    arrives whole, not cut at the old bound (which the new normalizer would
+    take for the whole payload)."""
+    framer = Framer(v5=False, max_payload=1000)
+    big = _publish_packet("a/b", b"q" * 500_000, 1, v5=False)
+    (cut,), _ = _feed_in_pieces(framer, big, [65536])
+    assert len(cut.payload) < 500_000
+    framer.set_max_payload(1_000_000)
+    (whole,), _ = _feed_in_pieces(framer, big, [65536])
+    assert whole.payload == b"q" * 500_000
+    framer.set_max_payload(1000)
+    (cut,), _ = _feed_in_pieces(framer, big, [65536])
+    assert len(cut.payload) < 500_000

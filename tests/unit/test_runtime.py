@@ -431,3 +431,26 @@ def test_a_reload_keeps_the_running_config_whatever_goes_wrong() -> None:
         "RecursionError: a check that was not foreseen",
     ]
     assert [e["event"] for e in logs][-1] == "bridge.reloaded"
+
+
+def test_a_step_of_applying_a_reload_that_fails_is_logged_and_counted() -> None:
+    """Once a reload passed every check, applying it cannot end the daemon
+    either: a step that fails (here a hook with a bug) is logged with its
+    traceback and counted, and the steps after it are still applied."""
+    running = build_runtime(None, {}, {"EDGE_BRIDGE_KAFKA_BOOTSTRAP": "127.0.0.1:9"})
+    daemon = Daemon(running, lambda: running)
+    applied: list[Runtime] = []
+
+    def bug(_runtime: Runtime) -> None:
+        raise RecursionError("a step that was not foreseen")
+
+    daemon.reload_hooks += [bug, applied.append]
+    with capture_logs() as logs:
+        daemon.reload()
+    assert daemon.reloads == {"incomplete": 1}
+    assert applied == [running]
+    (failed,) = [e for e in logs if e["event"] == "bridge.reload_step_failed"]
+    assert failed["error"] == "RecursionError: a step that was not foreseen"
+    assert failed["exc_info"] is True
+    (reloaded,) = [e for e in logs if e["event"] == "bridge.reloaded"]
+    assert reloaded["needs_restart"] == ["stream"]
