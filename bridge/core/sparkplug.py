@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -115,58 +116,97 @@ def metric_value(
     metric: Payload.Metric, name: str, datatype: int, max_string: int
 ) -> tuple[Value, MetricType]:
     """A metric's value as a clean record holds it, by its Sparkplug datatype."""
-    field = metric.WhichOneof("value")
-    if datatype in _SIGNED_BITS or datatype in _UNSIGNED_BITS:
-        if field not in ("int_value", "long_value"):
-            raise _mismatch(name, datatype, field)
-        raw: int = getattr(metric, field)
-        bits = _SIGNED_BITS.get(datatype)
-        if bits is not None:
-            raw &= (1 << bits) - 1
-            return (raw - (1 << bits) if raw >> (bits - 1) else raw), "numeric"
-        if raw >> _UNSIGNED_BITS[datatype]:
-            raise Refusal(
-                "metric_type_invalid",
-                f"metric {name!r}: {raw} does not fit {datatype_name(datatype)}",
-                name,
-            )
-        if raw >= _INT64_LIMIT:
-            # As for JSON: a record's integer fits a signed 64-bit consumer.
-            raise Refusal(
-                "value_out_of_range",
-                f"metric {name!r}: UInt64 {raw} does not fit 64 signed bits",
-                name,
-            )
-        return raw, "numeric"
-    if datatype == DataType.Float or datatype == DataType.Double:
-        if field not in ("float_value", "double_value"):
-            raise _mismatch(name, datatype, field)
-        number: float = getattr(metric, field)
-        if not math.isfinite(number):
-            raise Refusal("metric_type_invalid", f"metric {name!r}: {number!r} is not finite", name)
-        return (_shortest_float32(number) if field == "float_value" else number), "numeric"
-    if datatype == DataType.Boolean:
-        if field != "boolean_value":
-            raise _mismatch(name, datatype, field)
-        return metric.boolean_value, "bool"
-    if datatype in _TEXT:
-        if field != "string_value":
-            raise _mismatch(name, datatype, field)
-        if len(metric.string_value) > max_string:
-            raise Refusal(
-                "metric_type_invalid", f"metric {name!r}: string longer than {max_string}", name
-            )
-        return metric.string_value, "str"
-    if datatype == DataType.DateTime:
-        if field != "long_value":
-            raise _mismatch(name, datatype, field)
-        return _iso(metric.long_value, name), "str"
-    raise Refusal(
-        "unsupported_datatype",
-        f"metric {name!r} is a {datatype_name(datatype)}, which has no single value a record"
-        " can hold (supported: integers, Float, Double, Boolean, String, Text, UUID, DateTime)",
-        name,
-    )
+    reader = _READERS.get(datatype)
+    if reader is None:
+        raise Refusal(
+            "unsupported_datatype",
+            f"metric {name!r} is a {datatype_name(datatype)}, which has no single value a record"
+            " can hold (supported: integers, Float, Double, Boolean, String, Text, UUID, DateTime)",
+            name,
+        )
+    return reader(metric, metric.WhichOneof("value"), name, datatype, max_string)
+
+
+def _integer(
+    metric: Payload.Metric, field: str | None, name: str, datatype: int, _max: int
+) -> tuple[Value, MetricType]:
+    if field == "int_value":
+        raw = metric.int_value
+    elif field == "long_value":
+        raw = metric.long_value
+    else:
+        raise _mismatch(name, datatype, field)
+    bits = _SIGNED_BITS.get(datatype)
+    if bits is not None:
+        raw &= (1 << bits) - 1
+        return (raw - (1 << bits) if raw >> (bits - 1) else raw), "numeric"
+    if raw >> _UNSIGNED_BITS[datatype]:
+        raise Refusal(
+            "metric_type_invalid",
+            f"metric {name!r}: {raw} does not fit {datatype_name(datatype)}",
+            name,
+        )
+    if raw >= _INT64_LIMIT:
+        # As for JSON: a record's integer fits a signed 64-bit consumer.
+        raise Refusal(
+            "value_out_of_range", f"metric {name!r}: UInt64 {raw} does not fit 64 signed bits", name
+        )
+    return raw, "numeric"
+
+
+def _floating(
+    metric: Payload.Metric, field: str | None, name: str, datatype: int, _max: int
+) -> tuple[Value, MetricType]:
+    if field == "double_value":
+        number = metric.double_value
+    elif field == "float_value":
+        number = metric.float_value
+    else:
+        raise _mismatch(name, datatype, field)
+    if not math.isfinite(number):
+        raise Refusal("metric_type_invalid", f"metric {name!r}: {number!r} is not finite", name)
+    return (_shortest_float32(number) if field == "float_value" else number), "numeric"
+
+
+def _boolean(
+    metric: Payload.Metric, field: str | None, name: str, datatype: int, _max: int
+) -> tuple[Value, MetricType]:
+    if field != "boolean_value":
+        raise _mismatch(name, datatype, field)
+    return metric.boolean_value, "bool"
+
+
+def _text(
+    metric: Payload.Metric, field: str | None, name: str, datatype: int, max_string: int
+) -> tuple[Value, MetricType]:
+    if field != "string_value":
+        raise _mismatch(name, datatype, field)
+    text = metric.string_value
+    if len(text) > max_string:
+        raise Refusal(
+            "metric_type_invalid", f"metric {name!r}: string longer than {max_string}", name
+        )
+    return text, "str"
+
+
+def _datetime(
+    metric: Payload.Metric, field: str | None, name: str, datatype: int, _max: int
+) -> tuple[Value, MetricType]:
+    if field != "long_value":
+        raise _mismatch(name, datatype, field)
+    return _iso(metric.long_value, name), "str"
+
+
+# Datatype -> how its value is read: decided once per metric by one lookup.
+_READERS: dict[int, Callable[[Payload.Metric, str | None, str, int, int], tuple[Value, MetricType]]]
+_READERS = {
+    **dict.fromkeys([*_SIGNED_BITS, *_UNSIGNED_BITS], _integer),
+    DataType.Float: _floating,
+    DataType.Double: _floating,
+    DataType.Boolean: _boolean,
+    **dict.fromkeys(_TEXT, _text),
+    DataType.DateTime: _datetime,
+}
 
 
 def _mismatch(name: str, datatype: int, field: str | None) -> Refusal:

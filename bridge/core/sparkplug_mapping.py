@@ -139,7 +139,11 @@ class SparkplugMapper:
         tenant = normalizer._identity(mapping.tenant(segments, {}), "tenant")
         device = normalizer._identity(mapping.device(segments, {}), "device", joined=True)
         normalizer._check_identity(mapping, {}, tenant, device)
-        key, headers = normalizer._identify(mapping, segments, (topic, tenant, device, 1, delivery))
+        identity = (topic, tenant, device, 1, delivery)
+        known = normalizer._identities.get(identity)
+        if known is None:
+            known = normalizer._identify(mapping, segments, identity)
+        key, headers = known
         return tenant, device, key, headers
 
     def _records(

@@ -66,3 +66,14 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
         assert result["on_kafka"] == result["published"], result
         assert result["peak_rss_mib"] > 0
         assert result["cpu"]["system"] > 0
+
+
+def test_the_sparkplug_core_bench_prints_json_beside_sparkplug() -> None:
+    run = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "sparkplug_core.py"), "--rounds=1",
+         "--messages=500"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"^\| json \| 2 \| [\d,]+ \| [\d,]+ \| [\d,]+ \|$", run.stdout, re.M)
+    assert re.search(r"^\| sparkplug \| 10 \| [\d,]+ \| [\d,]+ \| [\d,]+ \|$", run.stdout, re.M)
