@@ -93,6 +93,13 @@ def _check_config(path: str) -> int:
     plan = runtime.plan
     names = ", ".join(f"{m.name} ({m.subscription})" for m in plan.mappings)
     print(f"{path}: ok: {len(plan.mappings)} mapping(s): {names}")
+    for endpoint in plan.streams:
+        stream = endpoint.settings
+        print(
+            f"{path}: stream {stream.name!r} on {', '.join(endpoint.paths)}: "
+            f"{stream.envelope.kind} events, read {stream.source.read} from "
+            f"{', '.join(stream.source.topics)}, auth {stream.auth}"
+        )
     return 0
 
 

@@ -305,4 +305,10 @@ def host_problems(runtime: Runtime, environ: Mapping[str, str]) -> HostProblems:
         (errors if fatal else warnings).append(f"{where}: listen: {reason}")
     for event, hint in runtime.auth.warnings:
         warnings.append(f"{where}: auth: {hint} ({event})")
+    for index, stream in enumerate(config.streams):
+        if stream.auth == "none":
+            warnings.append(
+                f"{where}: streams[{index}].auth: none: anyone who reaches {config.listen} "
+                "can watch this endpoint; serve it only behind an authenticating proxy"
+            )
     return HostProblems(errors, warnings)
