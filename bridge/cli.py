@@ -18,8 +18,10 @@ import trio
 
 from bridge.config import ConfigError, LoadedConfig, load_config
 from bridge.config_watch import DEFAULT_INTERVAL_S, Watch
+from bridge.console import first_run
 from bridge.core.plan import Plan, PlanError, compile_config
 from bridge.core.trial import try_message
+from bridge.io.http import parse_listen
 from bridge.logs import configure
 from bridge.runtime import Runtime, build_runtime, host_problems
 
@@ -60,7 +62,47 @@ def _parser() -> argparse.ArgumentParser:
         "--birth-file",
         help="Sparkplug B: an NBIRTH/DBIRTH payload for the same node/device, applied first",
     )
+    link = commands.add_parser(
+        "sign-in-link",
+        help="print a new console sign-in link (a first run's own secret; loopback only)",
+    )
+    link.add_argument("--config", help="main config file (env EDGE_BRIDGE_CONFIG)")
+    link.add_argument("--listen", help="the daemon's HOST:PORT (env EDGE_BRIDGE_LISTEN)")
     return parser
+
+
+def _sign_in_link(args: argparse.Namespace) -> int:
+    """The first-run link again, with a fresh one-hour token: for when the
+    printed one expired.  Reads the secret ``run`` made; never makes one."""
+    path = args.config or os.environ.get("EDGE_BRIDGE_CONFIG")
+    environ = dict(os.environ)
+    try:
+        config = build_runtime(path, {"listen": args.listen}, environ).config
+    except ConfigError as exc:
+        _print_errors(exc.errors)
+        return EXIT_CONFIG
+    if not first_run.eligible(config, environ):
+        print(
+            "error: this bridge has a key configured (or listens beyond loopback): "
+            "sign in with a token made with that key (docs/streaming.md#tokens)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    directory = first_run.state_directory(config, environ)
+    try:
+        secret = first_run.read_secret(directory)
+    except first_run.FirstRunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if secret is None:
+        print(
+            f"error: no first-run secret in {directory}: start `edge-bridge run` once",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    host, port = parse_listen(config.listen)
+    print(f"Open the console: {first_run.sign_in_link(host, port, secret, time.time())}")
+    return 0
 
 
 def _load(path: str | None) -> tuple[LoadedConfig, Plan]:
@@ -204,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.file)
         if args.command == "try-mapping":
             return _try_mapping(args)
+        if args.command == "sign-in-link":
+            return _sign_in_link(args)
     except BrokenPipeError:
         # The reader went away (``| head``): not an error of ours.  Point stdout
         # at /dev/null so that flushing it at exit does not raise again.

@@ -33,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -260,9 +259,9 @@ class Daemon:
         secret, so the printed sign-in link works (bridge.console.first_run)."""
         if not first_run.eligible(self.config, os.environ):
             return
-        state = os.path.dirname(spool_path(self.config.spool.path, dict(os.environ)))
+        state = first_run.state_directory(self.config, os.environ)
         try:
-            self.console_secret = first_run.load_or_create_secret(Path(state))
+            self.console_secret = first_run.load_or_create_secret(state)
         except first_run.FirstRunError as exc:
             raise StartupError(str(exc)) from None
         self.runtime = self._with_first_run_secret(self.runtime)

@@ -63,6 +63,25 @@ def eligible(config: Config, environ: Mapping[str, str]) -> bool:
     )
 
 
+def state_directory(config: Config, environ: Mapping[str, str]) -> Path:
+    """Where the secret lives: the daemon's state directory (``state_dir``,
+    else the directory that holds the spool)."""
+    from bridge.daemon import state_dir
+
+    return Path(state_dir(config, dict(environ)))
+
+
+def read_secret(directory: Path) -> str | None:
+    """The secret a first run made, or None when there is none (yet)."""
+    try:
+        secret = (directory / SECRET_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FirstRunError(f"cannot read {directory / SECRET_FILE}: {exc.strerror}") from None
+    return secret or None
+
+
 def load_or_create_secret(directory: Path) -> str:
     """The secret in ``directory/console-secret``, made (0600) on first use."""
     path = directory / SECRET_FILE

@@ -6,8 +6,11 @@ and ``stalled`` in /readyz when records stop moving."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -131,9 +134,16 @@ def printed_link(bridge: BridgeProcess) -> str:
     return lines[0].removeprefix("Open the console: ")
 
 
+def sign_in_link_command(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_BRIDGE_")}
+    argv = [sys.executable, "-m", "bridge", "sign-in-link", *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30, check=False)
+
+
 def test_first_run_prints_a_sign_in_link_on_loopback_only(setup: BridgeSetup) -> None:
     port = setup.listen_port
-    with BridgeProcess(setup.config()) as bridge:
+    config = setup.config()
+    with BridgeProcess(config) as bridge:
         bridge.wait_for_event("console.sign_in_link", timeout=30)
         link = re.fullmatch(r"http://\S+", printed_link(bridge))
         assert link is not None and link.group().startswith(f"http://127.0.0.1:{port}/#token=")
@@ -146,9 +156,18 @@ def test_first_run_prints_a_sign_in_link_on_loopback_only(setup: BridgeSetup) ->
         bridge.send_signal(SIGHUP)
         bridge.wait_for_event("bridge.reloaded", since=mark)
         assert request(port, "/api/console/mappings", bearer=link_token)[0] == 200, "after reload"
+        # A new link from the same secret, for when the printed one expired.
+        again = sign_in_link_command("--config", str(config))
+        assert again.returncode == 0, again.stderr
+        new_token = again.stdout.strip().split("#token=")[1]
+        assert request(port, "/api/console/mappings", bearer=new_token)[0] == 200
         assert bridge.stop() == 0
 
     secret_file.unlink()
+    missing = sign_in_link_command("--config", str(config))
+    assert missing.returncode == 1 and "start `edge-bridge run` once" in missing.stderr
+    public = sign_in_link_command("--config", str(config), "--listen", "0.0.0.0:8080")
+    assert public.returncode == 2 and "beyond loopback" in public.stderr
     with BridgeProcess(setup.config(), args=["--listen", f"0.0.0.0:{free_port()}"]) as bridge:
         bridge.wait_for_event("bridge.ready", timeout=30)
         assert bridge.events("auth.no_key")
