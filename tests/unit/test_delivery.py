@@ -1,6 +1,25 @@
 """The ingest path's at-least-once rules (docs/operations.md), as unit tests of
-the sans-IO :class:`bridge.core.delivery.Delivery`, without brokers: each rule,
-the orders that are hard to produce on purpose, and random interleavings."""
+the sans-IO :class:`bridge.core.delivery.Delivery`, without brokers: each rule
+(numbered as in that module's docstring) and the orders that are hard to
+produce on purpose.  Random interleavings: test_delivery_properties.py.
+
+1 acknowledged once held: ``..._once_every_record_is_delivered``,
+  ``..._without_records_...``, ``..._synced_to_the_spool_...``,
+  ``test_one_record_in_kafka_one_in_the_spool``, ``test_a_record_counts_once``;
+2 sessions: ``..._of_a_lost_session_...``, ``..._of_a_newer_session_...``;
+3 spool active until drained: ``test_kafka_back_mid_drain_...``;
+4 a full producer queue: ``..._sends_records_to_the_spool``,
+  ``..._without_a_spool_a_full_queue_...``;
+5 a failed delivery: ``test_one_record_in_kafka_one_in_the_spool``,
+  ``..._produced_again_even_qos0``, ``test_a_replaced_producer_...``;
+6 a full or unavailable spool: ``test_a_full_spool_...``,
+  ``test_an_unavailable_spool_...``;
+7 bypass and recovery: ``test_records_waiting_for_an_unavailable_spool_...``,
+  ``test_the_spool_recovering_...``;
+8 shutdown: ``test_shutdown_with_records_in_every_state_...``,
+  ``test_sigterm_with_kafka_down_and_the_spool_full_...``;
+races: ``test_a_late_sync_...``, ``test_a_late_delivery_...``.
+"""
 
 from __future__ import annotations
 
@@ -261,3 +280,28 @@ def test_a_record_counts_once() -> None:
     assert acks(d.delivered(item)) == [(1, 1)]
     assert d.delivered(item) == [] and d.failed(item) == [] and d.not_taken(item) == []
     assert d.stale == 3
+
+
+def test_a_replaced_producer_fails_every_record_in_flight_to_the_spool_in_order() -> None:
+    """kafka.producer_replaced: the old handle's records are purged, each with
+    an error report; they are spooled in their order (or produced again)."""
+    d: Delivery[str] = Delivery(spool=True)
+    items = produced(d.arrived(1, 1, 1, ["a", "b"]) + d.arrived(1, 2, 0, ["c"]))
+    out: Actions = []
+    for item in items:
+        out += d.failed(item)
+    assert out[0] == SpoolActive("Kafka delivery failed")
+    assert spooled(out) == items
+    assert acks(d.synced(items)) == [(1, 1)]
+
+
+def test_sigterm_with_kafka_down_and_the_spool_full_leaves_qos1_unacknowledged() -> None:
+    d: Delivery[str] = Delivery(spool=True)
+    [q1] = produced(d.arrived(1, 1, 1, ["a"]))
+    [q0] = produced(d.arrived(1, 2, 0, ["b"]))
+    d.kafka_unreachable()
+    d.spool_full()
+    d.shutdown()
+    assert d.failed(q1) == [Spool(q1)]  # waits for room that does not come
+    assert [type(x) for x in d.failed(q0)] == [Dropped, Settled]
+    assert d.pending == 1  # never acknowledged: the broker delivers it to the next run
