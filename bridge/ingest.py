@@ -156,9 +156,13 @@ class Ingest:
         """Publish the rebirth requests the batch asked for, log its seq gaps
         (sampled), and have a changed state saved."""
         for topic, payload in sparkplug.take_commands():
-            self._rebirth_log(topic=topic)
+            error = None
             if self.mqtt is not None and self.mqtt.connected:
-                self.mqtt.publish(topic, payload, qos=0)
+                try:
+                    self.mqtt.publish(topic, payload, qos=0)
+                except (ValueError, OSError, RuntimeError) as exc:  # never ends the batch
+                    error = f"{type(exc).__name__}: {exc}"
+            self._rebirth_log(topic=topic, error=error)
         for topic, expected, received in sparkplug.take_gaps():
             self._gap_log(topic=topic, expected=expected, received=received)
         if sparkplug.state.dirty and self.sparkplug_changed is not None:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.config import Config, SpoolSettings
+import structlog
+
+from bridge.config import Config, KafkaSettings, SpoolSettings
+from bridge.core.normalize import Normalizer
 from bridge.core.sparkplug import decode_payload, parse_topic
 from bridge.core.sparkplug_state import SparkplugState
 from bridge.daemon import state_dir
+from bridge.ingest import Ingest
+from bridge.io.kafka_producer import KafkaProducer
+from bridge.io.mqtt_wire import InboundMessage
 from bridge.sparkplug_store import FILE_NAME, StateSaver, load_state
+from bridge.stats import IngestStats
 from tests.support import sparkplug_encoder as enc
+from tests.unit.core_fixtures import MAPPINGS, plan_from
 
 
 def born_state() -> SparkplugState:
@@ -49,3 +57,44 @@ def test_the_state_directory_is_set_or_beside_the_spool(tmp_path: Path) -> None:
     spool = SpoolSettings(path=str(tmp_path / "spool"))
     assert state_dir(Config(spool=spool), {}) == str(tmp_path)
     assert state_dir(Config(), {"STATE_DIRECTORY": "/var/lib/x"}) == "/var/lib/x"
+
+
+class RefusingMqtt:
+    """The ingest's view of the MQTT client, refusing every publish (a broken
+    session): a rebirth that cannot go out must not end the batch."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+
+    def publish(self, topic: str, payload: bytes, *, qos: int) -> None:
+        self.tried.append(topic)
+        raise ValueError("no session")
+
+    def ack(self, generation: int, mid: int) -> None:
+        pass
+
+
+def test_ingest_publishes_rebirths_and_has_a_changed_state_saved() -> None:
+    normalizer = Normalizer(plan_from(MAPPINGS / "sparkplug.toml"))
+    ingest = Ingest(
+        normalizer, KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9")), IngestStats()
+    )
+    mqtt = RefusingMqtt()
+    ingest.mqtt = mqtt  # type: ignore[assignment]
+    changed: list[bool] = []
+    ingest.sparkplug_changed = lambda: changed.append(True)
+    birth = enc.node_birth([enc.metric("t", alias=1, datatype=enc.DOUBLE, value=1.0)])
+    unknown = enc.payload([enc.metric(alias=9, datatype=enc.DOUBLE, value=1.0)], seq=1)
+    batch = [
+        InboundMessage("spBv1.0/g/NBIRTH/n", birth, 1, False, 1, None),
+        InboundMessage("spBv1.0/g/NDATA/n", unknown, 1, False, 2, None),
+    ]
+    with structlog.testing.capture_logs() as logs:
+        ingest.handle_batch(batch, generation=1)
+    assert mqtt.tried == ["spBv1.0/g/NCMD/n"]
+    assert changed == [True]
+    assert ingest.stats.dead_letters == {"unknown_alias": 1}
+    (logged,) = [e for e in logs if e["event"] == "sparkplug.rebirth_requested"]
+    assert logged["error"] == "ValueError: no session"
