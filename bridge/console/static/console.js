@@ -49,7 +49,7 @@ function signIn(token) {
   $("whoami").hidden = false;
   const c = state.claims;
   if (typeof c.exp === "number" && c.exp * 1000 <= Date.now()) {
-    signOut("This token has expired: sign in with a new one (edge-bridge run prints a new link at each start).");
+    signOut("This token has expired: sign in with a new one (on a first run: edge-bridge sign-in-link).");
     return;
   }
   $("whoami-text").textContent = `${c.role || "?"}${c.tenant ? " · tenant " + c.tenant : ""}`;
