@@ -31,11 +31,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 import msgspec
-import structlog
 import trio
 import trio_websocket
 
-log = structlog.get_logger(__name__)
+from bridge.logs import SampledLog
+
+#: A failure while serving one connection or one request is a bug, but one a
+#: client can repeat at will: logged with its traceback at most every 10 s
+#: (with how many were not), so no client can flood the journal.
+_connection_failures = SampledLog("http.connection_failed", level="error")
+_handler_failures = SampledLog("http.handler_failed", level="error")
+_no_responses = SampledLog("http.no_response", level="error")
 
 RECEIVE_BYTES = 65_536
 MAX_HEADER_BYTES = 16_384
@@ -399,8 +405,8 @@ class HttpServer:
             await self._requests(stream, remote)
         except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except Exception:
-            log.exception("http.connection_failed", remote=remote)
+        except Exception as exc:
+            _connection_failures(remote=remote, error=type(exc).__name__, exc_info=exc)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -463,13 +469,13 @@ class HttpServer:
             await handler(request, responder)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
-        except Exception:
-            log.exception("http.handler_failed", path=request.path)
+        except Exception as exc:
+            _handler_failures(path=request.path, error=type(exc).__name__, exc_info=exc)
             if responder.status is None:
                 await _error(responder, 500, "internal error")
             return
         if responder.status is None:
-            log.error("http.no_response", path=request.path)
+            _no_responses(path=request.path)
             await _error(responder, 500, "the handler sent no response")
         elif responder.streaming:
             await responder.end_stream()

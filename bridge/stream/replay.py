@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import structlog
 import trio
 from confluent_kafka import OFFSET_BEGINNING as BEGINNING
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -35,9 +34,12 @@ from bridge.core.events import (
     sse_frame,
 )
 from bridge.io.kafka_logs import librdkafka_logger
+from bridge.logs import SampledLog
 from bridge.stream.consumer import CLOSE_TIMEOUT_S, CONSUME_TIMEOUT_S, fetch
 
-log = structlog.get_logger(__name__)
+#: A replay's Kafka errors, one per failing fetch of every resuming client:
+#: sampled, so clients resuming by the hundred cannot flood the journal.
+_kafka_errors = SampledLog("stream.replay_kafka_error")
 
 #: Bound on the topic metadata request made before a replay.
 METADATA_TIMEOUT_S = 5.0
@@ -112,7 +114,7 @@ class _Reader:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 if error is not None:
-                    log.warning("stream.replay_kafka_error", error=error.str())
+                    _kafka_errors(error=error.str())
                 continue
             key = (topic, partition)
             if key not in self.pending:
@@ -121,7 +123,7 @@ class _Reader:
                 if error.code() == KafkaError._PARTITION_EOF:
                     self._finish(key, offset)
                 else:
-                    log.warning("stream.replay_kafka_error", topic=topic, error=error.str())
+                    _kafka_errors(topic=topic, error=error.str())
                 continue
             frame = self._frame(key, offset, message.value(), sent_at)
             if frame is not None:

@@ -9,9 +9,12 @@ import h11
 import msgspec
 import pytest
 import trio
+import trio_websocket
+from structlog.testing import capture_logs
 from trio_websocket import open_websocket_url
 
 from bridge.config import Config
+from bridge.io import http
 from bridge.io.http import Request, Responder
 from bridge.stream.service import run_stream
 from tests.integration.test_stream_clients import (
@@ -94,6 +97,49 @@ async def test_extra_routes_errors_and_keep_alive(unique: str) -> None:
     assert answers[0][1] == b"hello edge"
     assert answers[1][1] == b"hello ?"
     assert b"no route for /nowhere" in answers[3][1]
+
+
+async def broken_websocket(request: Request, ws: trio_websocket.WebSocketRequest) -> None:
+    raise RuntimeError("a bug in a WebSocket handler")
+
+
+async def closed_after_upgrade(port: int, path: str) -> bool:
+    """Ask for a WebSocket at ``path``; True once the server has closed the
+    connection."""
+    sock = await trio.open_tcp_stream("127.0.0.1", port)
+    await sock.send_all(
+        f"GET {path} HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n".encode()
+    )
+    with trio.fail_after(10):
+        while await sock.receive_some(65536):
+            pass
+    await sock.aclose()
+    return True
+
+
+async def test_failures_a_client_can_repeat_are_logged_sampled(unique: str) -> None:
+    """A handler that fails on every request, a WebSocket handler that ends
+    every connection in an error: each client still gets its answer, and the
+    log has at most one line of each per 10 s (with the count), however often
+    a client repeats the request."""
+    failing = [http._handler_failures, http._connection_failures, http._no_responses]
+    before = [log.total for log in failing]
+    async with trio.open_nursery() as nursery:
+        serve = partial(run_stream, local_config(unique), extra_routes={"/b": broken, "/s": silent})
+        service = await nursery.start(serve)
+        service.router.add_websocket("/boom", broken_websocket)
+        port = service.addresses[0][1]
+        with capture_logs() as logs:
+            answers = await exchange(port, [("GET", "/b"), ("GET", "/s")] * 25)
+            for _ in range(10):
+                assert await closed_after_upgrade(port, "/boom")
+        nursery.cancel_scope.cancel()
+    assert [status for status, _ in answers] == [500] * 50
+    assert [log.total - n for log, n in zip(failing, before, strict=True)] == [25, 10, 25]
+    events = [e["event"] for e in logs]
+    for name in ("http.handler_failed", "http.connection_failed", "http.no_response"):
+        assert events.count(name) <= 1, events
 
 
 async def test_a_route_cannot_be_taken_twice(unique: str) -> None:

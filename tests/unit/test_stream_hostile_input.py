@@ -1,6 +1,8 @@
 """What stream clients send, at its worst: the WebSocket action parser and the
 SSE cursor decoder take any text and answer with their documented refusals
-(an ``error`` reply, :class:`CursorError`), never an exception."""
+(an ``error`` reply, :class:`CursorError`), never an exception; a bug behind
+them is an ``error`` reply too; failures a client can repeat are logged
+sampled."""
 
 from __future__ import annotations
 
@@ -9,18 +11,23 @@ from typing import Any
 
 import msgspec
 import pytest
+from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from bridge.core.events import (
     MAX_OFFSET,
     MAX_PARTITION,
     CursorError,
     Filters,
+    ReplayRange,
     apply_action,
     decode_cursor,
     encode_cursor,
 )
+from bridge.stream import replay, websocket
+from bridge.stream.hub import Client, ClientQueue, Transport
 
 START = Filters("t1", None, None)
 REPLIES = {"error", "subscribed", "unsubscribed", "metrics_updated", "filters_cleared"}
@@ -147,3 +154,38 @@ def test_cursors_with_numbers_of_any_size_decode_within_bounds_or_are_refused(
     positions: dict[str, dict[int, int]],
 ) -> None:
     _checked(encode_cursor(positions))
+
+
+# --------------------------------------------------------------------------- barriers
+class _BuggyGate:
+    """An endpoint whose action handler has a bug."""
+
+    def apply_action(self, filters: Filters, message: str | bytes) -> tuple[Filters, bytes]:
+        raise KeyError("a bug in the action handler")
+
+
+def test_a_bug_in_the_action_handler_is_an_error_reply_with_the_filters_kept() -> None:
+    client = Client(Transport.WEBSOCKET, START, "viewer", ClientQueue(10, 10))
+    gate: Any = _BuggyGate()
+    before = websocket._action_failures.total
+    with capture_logs() as logs:
+        replies = [
+            websocket._handle(gate, client, '{"action": "subscribe"}', "127.0.0.1:1")
+            for _ in range(20)
+        ]
+    assert {msgspec.json.decode(r)["type"] for r in replies} == {"error"}
+    assert client.filters is START
+    assert websocket._action_failures.total - before == 20
+    assert [e["event"] for e in logs].count("stream.websocket_action_failed") <= 1  # sampled
+
+
+def test_kafka_errors_during_a_replay_are_logged_sampled() -> None:
+    reader = replay._Reader([ReplayRange("t", 0, 0, 100)], {}, START)
+    failing = [Message(topic="t", partition=0, offset=5, error=KafkaError(KafkaError._TRANSPORT))]
+    failing.append(Message(error=KafkaError(KafkaError._ALL_BROKERS_DOWN)))
+    before = replay._kafka_errors.total
+    with capture_logs() as logs:
+        for _ in range(50):
+            assert reader.frames(failing, "2026-01-01T00:00:00Z") == []
+    assert replay._kafka_errors.total - before == 100
+    assert [e["event"] for e in logs].count("stream.replay_kafka_error") <= 1
