@@ -136,6 +136,14 @@ def _reader(endpoint: StreamEndpoint, path: str, plan: Plan, errors: _Errors) ->
         known = ", ".join(m.name for m in plan.mappings)
         errors.add(path + ".mapping", f"no mapping named {source.mapping!r} (known: {known})")
         return None
+    if mapping.sparkplug is not None:
+        # Its DATA messages name metrics by aliases only the births explain.
+        errors.add(
+            path + ".mapping",
+            f"{mapping.name!r} is a sparkplug_b mapping: its raw records need the alias tables"
+            ' of their births; read its clean topic with read = "clean" instead',
+        )
+        return None
     return MappingReader(plan, mapping)
 
 

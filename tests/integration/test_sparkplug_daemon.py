@@ -10,7 +10,10 @@ import base64
 import json
 import urllib.request
 
+from websockets.sync.client import connect
+
 from tests.integration.conftest import BridgeSetup
+from tests.integration.test_stream_examples import ensure_topic, receive
 from tests.support import (
     BridgeProcess,
     KafkaRecord,
@@ -218,3 +221,58 @@ def test_unknown_alias_and_seq_gap_ask_for_rebirth_malformed_is_a_dead_letter(
     }
     assert 'edge_bridge_sparkplug_events_total{kind="rebirths_requested"} 2.0' in metrics
     assert 'edge_bridge_dead_letters_total{reason="invalid_protobuf"} 1.0' in metrics
+
+
+def status_endpoint(setup: BridgeSetup) -> str:
+    """A ``[[streams]]`` endpoint showing the events topic as its own event type."""
+    return f"""
+[[streams]]
+name = "device-status"
+auth = "none"
+websocket_path = "/status"
+filters = {{ metric = [] }}
+[streams.source]
+topics = ["events.{setup.unique}"]
+read = "json"
+start = "earliest"
+tenant = {{ field = "tenant" }}
+device = {{ field = "device_serial_id" }}
+ts = {{ field = "ts" }}
+fields.event = {{ field = "event", type = "str" }}
+[streams.envelope]
+kind = "message"
+[streams.envelope.template]
+type = "device.status"
+tenant_id = "{{tenant}}"
+device_id = "{{device}}"
+status = "{{metrics}}"
+timestamp = "{{ts}}"
+"""
+
+
+def test_births_and_deaths_are_shown_live_as_device_status_events(setup: BridgeSetup) -> None:
+    events_topic = f"events.{setup.unique}"
+    ensure_topic(setup.tansu.bootstrap, events_topic)
+    config = setup.config(status_endpoint(setup), mappings=mapping(setup))
+    with BridgeProcess(config) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        url = f"ws://127.0.0.1:{setup.listen_port}/status"
+        with connect(url) as ws:
+            receive(ws)  # the welcome
+            publish_many(setup.mosquitto.url, births()[:1])
+            publish_many(setup.mosquitto.url, [(topic("NDEATH"), enc.node_death(4, TS + 9), 1)])
+            shown = [receive(ws, 30), receive(ws, 30)]
+        assert bridge.stop() == 0
+    assert shown == [
+        {
+            "type": "device.status",
+            "tenant_id": GROUP,
+            "device_id": NODE,
+            "status": {"event": event},
+            "timestamp": ts,
+        }
+        for event, ts in (
+            ("online", "2026-02-25T14:00:00Z"),
+            ("offline", "2026-02-25T14:00:00.009Z"),
+        )
+    ]

@@ -452,3 +452,25 @@ def test_the_console_tells_a_sparkplug_dead_letters_tenant() -> None:
     )
     assert letter_tenant(plan, letter) == "plant"
     assert letter_tenant(plan, msgspec.structs.replace(letter, mqtt_topic="spBv1.0/x")) is None
+
+
+def test_a_stream_cannot_read_a_sparkplug_mappings_raw_topic_again(
+    tmp_config: WriteConfig,
+) -> None:
+    path = tmp_config(
+        SPB
+        + """
+[[streams]]
+name = "raw"
+auth = "jwt"
+websocket_path = "/raw"
+envelope = { kind = "message" }
+source = { topics = ["telemetry.raw"], read = "mapping", mapping = "spb" }
+"""
+    )
+    with pytest.raises(PlanError) as caught:
+        compile_config(load_config(path))
+    assert caught.value.errors == [
+        "streams[0].source.mapping: 'spb' is a sparkplug_b mapping: its raw records need the"
+        ' alias tables of their births; read its clean topic with read = "clean" instead'
+    ]
