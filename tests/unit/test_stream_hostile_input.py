@@ -25,8 +25,10 @@ from bridge.core.events import (
     apply_action,
     decode_cursor,
     encode_cursor,
+    sse_retry,
 )
-from bridge.stream import replay, websocket
+from bridge.io.http import Request
+from bridge.stream import replay, sse, websocket
 from bridge.stream.hub import Client, ClientQueue, Transport
 
 START = Filters("t1", None, None)
@@ -189,3 +191,36 @@ def test_kafka_errors_during_a_replay_are_logged_sampled() -> None:
             assert reader.frames(failing, "2026-01-01T00:00:00Z") == []
     assert replay._kafka_errors.total - before == 100
     assert [e["event"] for e in logs].count("stream.replay_kafka_error") <= 1
+
+
+class _BuggyResume:
+    """An endpoint that fails while resuming (a bug, not a bad cursor)."""
+
+    @property
+    def source(self) -> None:
+        raise KeyError("a bug while resuming")
+
+
+class _Body:
+    def __init__(self) -> None:
+        self.sent = b""
+
+    async def write(self, data: bytes) -> None:
+        self.sent += data
+
+
+async def test_a_bug_while_resuming_ends_the_response_with_a_retry() -> None:
+    """The SSE cursor's barrier: the client is told to come back (``retry:``
+    and an error event) and its response ends; nothing else notices."""
+    client = Client(Transport.SSE, START, "viewer", ClientQueue(10, 10))
+    cursor = encode_cursor({"telemetry.clean": {0: 5}})
+    request = Request("GET", "/sse", "/sse", {}, {"last-event-id": cursor}, "127.0.0.1:1")
+    body = _Body()
+    writer: Any = body
+    endpoint: Any = _BuggyResume()
+    before = sse._resume_failures.total
+    sink = sse._SseSink(writer, client, "json")
+    assert await sse._resume_guarded(endpoint, request, client, {}, sink) is False
+    assert body.sent.startswith(sse_retry(sse.RETRY_MS))
+    assert b"internal error while resuming" in body.sent
+    assert sse._resume_failures.total - before == 1
