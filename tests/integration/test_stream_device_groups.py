@@ -36,6 +36,14 @@ websocket_path = "/plant"
 envelope = {{ kind = "message" }}
 source = {{ topics = ["{setup.raw}"], read = "mapping", mapping = "telemetry" }}
 
+[[streams]]
+name = "raw"
+auth = "none"
+websocket_path = "/raw"
+send_welcome = false
+envelope = {{ kind = "passthrough" }}
+source = {{ topics = ["{setup.raw}"], read = "mapping", mapping = "telemetry" }}
+
 {registry(pumps)}
 """
     )
@@ -54,7 +62,10 @@ def test_group_filter_follows_the_registry(setup: BridgeSetup) -> None:
         bridge.wait_for_event("bridge.ready", timeout=30)
         bridge.wait_for_event("stream.kafka_state", timeout=30, state="ok")
         url = f"ws://127.0.0.1:{setup.listen_port}/plant"
-        with connect(url + "?group=pumps") as pumps, connect(url) as live:
+        # Two endpoints on one source: one consumer.
+        assert len(bridge.events("stream.kafka_consumer_started")) == 1
+        raw_url = f"ws://127.0.0.1:{setup.listen_port}/raw?device=F1"
+        with connect(url + "?group=pumps") as pumps, connect(url) as live, connect(raw_url) as raw:
             assert receive(pumps)["filters"]["groups"] == ["pumps"]
             receive(live)
             live.send(json.dumps({"action": "subscribe", "group": "fans"}))
@@ -73,3 +84,5 @@ def test_group_filter_follows_the_registry(setup: BridgeSetup) -> None:
             moved = next_telemetry(pumps)
             assert (moved["device_id"], moved["metrics"]) == ("P2", {"flow": 2})
             assert next_telemetry(live)["device_id"] == "F1"
+            # The other endpoint's contract: the MQTT payload as it was sent.
+            assert receive(raw) == {"schema_version": 1, "device": "F1", "metrics": {"flow": 3}}
