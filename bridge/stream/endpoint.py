@@ -11,6 +11,7 @@ hub, so every endpoint keeps its own per-tenant limit and stream position.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -26,8 +27,9 @@ from bridge.core.events import (
     TenantForbidden,
     connected_message,
     error_message,
+    kafka_event_id,
 )
-from bridge.core.stream_envelope import render_status, render_welcome
+from bridge.core.stream_envelope import render_event, render_status, render_welcome
 from bridge.core.stream_filters import query_filters
 from bridge.core.stream_plan import EndpointPlan
 from bridge.io.http import Request, Responder
@@ -120,6 +122,25 @@ class Endpoint:
         if actions is None:
             return filters, error_message("this endpoint takes no actions")
         return actions.apply(filters, message)
+
+    def replay_event(
+        self,
+        at: tuple[str, int, int],
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        sent_at: str,
+        filters: Filters,
+    ) -> bytes | None:
+        """A record read again for a resuming SSE client, through this
+        endpoint's reader, filters and envelope."""
+        try:
+            item = self.plan.reader(value, headers, time.time_ns() // 1_000_000)
+        except Exception:  # malformed or worse: not for anyone
+            return None
+        groups = self.hub.groups_of.get((item.tenant, item.device), ())
+        if not filters.selects(item.tenant, item.device, item.metrics.keys(), groups):
+            return None
+        return render_event(self.plan.envelope, item, filters.metrics, kafka_event_id(*at), sent_at)
 
     def _refused(self, kind: str, refusal: Refusal, message: str) -> Refused:
         identity = self.plan.settings.identity

@@ -18,6 +18,7 @@ from bridge.core.events import Filters
 from bridge.io.http import Request
 from bridge.stream.consumer import KafkaSource, KafkaState
 from bridge.stream.hub import Client, Hub, Transport
+from bridge.stream.replay import EventOf
 
 log = structlog.get_logger("bridge.stream.service")
 
@@ -57,6 +58,11 @@ class Gate(Protocol):
 
     def welcome(self, client: Client) -> bytes | None:
         """The first message, or None to send none."""
+        ...
+
+    @property
+    def replay_event(self) -> EventOf:
+        """How a record read again for a resuming SSE client becomes its event."""
         ...
 
     def apply_action(self, filters: Filters, message: str | bytes) -> tuple[Filters, bytes]:

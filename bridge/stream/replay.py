@@ -93,13 +93,43 @@ def _consumer(kafka: KafkaSettings, stream: StreamSettings) -> Consumer:
     )
 
 
+#: One record read again -> the event's JSON for a client with these filters,
+#: or None when it is not for it: (topic, partition, offset), value, headers,
+#: sent_at, filters.  An endpoint of ``[[streams]]`` gives its own reader and
+#: envelope; the default is the built-in clean record in ``telemetry.update``.
+EventOf = Callable[
+    [tuple[str, int, int], bytes | None, list[tuple[str, bytes]] | None, str, Filters],
+    bytes | None,
+]
+
+
+def clean_event(
+    at: tuple[str, int, int],
+    value: bytes | None,
+    _headers: list[tuple[str, bytes]] | None,
+    sent_at: str,
+    filters: Filters,
+) -> bytes | None:
+    """The built-in endpoints' event of a clean record."""
+    try:
+        record = parse_record(value)
+    except MalformedRecord:
+        return None
+    if not filters.matches(record.tenant, record.device, record.metric):
+        return None
+    return encode_event(kafka_event_id(*at), sent_at, record.json)
+
+
 class _Reader:
     """The per-replay state: what is left to read and where each partition is."""
 
-    def __init__(self, ranges: list[ReplayRange], cursor: Positions, filters: Filters) -> None:
+    def __init__(
+        self, ranges: list[ReplayRange], cursor: Positions, filters: Filters, event: EventOf
+    ) -> None:
         self.pending = {(r.topic, r.partition): r.end for r in ranges}
         self.positions: Positions = {topic: dict(parts) for topic, parts in cursor.items()}
         self.filters = filters
+        self.event = event
         self.events = 0
 
     def _finish(self, key: tuple[str, int], position: int) -> None:
@@ -125,13 +155,13 @@ class _Reader:
                 else:
                     _kafka_errors(topic=topic, error=error.str())
                 continue
-            frame = self._frame(key, offset, message.value(), sent_at)
+            frame = self._frame(key, offset, message, sent_at)
             if frame is not None:
                 out.append(frame)
         return out
 
     def _frame(
-        self, key: tuple[str, int], offset: int, value: bytes | None, sent_at: str
+        self, key: tuple[str, int], offset: int, message: Message, sent_at: str
     ) -> bytes | None:
         """The SSE frame of one record, or None when it is not for this client."""
         topic, partition = key
@@ -142,14 +172,16 @@ class _Reader:
         self.positions.setdefault(topic, {})[partition] = offset + 1
         if end is not None and offset + 1 >= end:
             self._finish(key, end)
-        try:
-            record = parse_record(value)
-        except MalformedRecord:
-            return None
-        if not self.filters.matches(record.tenant, record.device, record.metric):
+        raw = message.headers()
+        headers = (
+            [(k, v) for k, v in raw if isinstance(v, bytes)] if isinstance(raw, list) else None
+        )
+        data = self.event(
+            (topic, partition, offset), message.value(), headers, sent_at, self.filters
+        )
+        if data is None:
             return None
         self.events += 1
-        data = encode_event(kafka_event_id(topic, partition, offset), sent_at, record.json)
         return sse_frame(data, encode_cursor(self.positions))
 
 
@@ -161,10 +193,11 @@ async def replay(
     *,
     kafka: KafkaSettings,
     stream: StreamSettings,
+    event: EventOf = clean_event,
 ) -> ReplayOutcome:
     """Send the missed events through ``send``, within ``stream.replay_timeout_s``
     and ``stream.replay_max_events``; past either the outcome is incomplete."""
-    reader = _Reader(ranges, cursor, filters)
+    reader = _Reader(ranges, cursor, filters, event)
     if not ranges:
         return ReplayOutcome(True, reader.positions, 0)
     consumer = _consumer(kafka, stream)

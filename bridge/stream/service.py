@@ -47,6 +47,7 @@ from bridge.stream.consumer import KafkaSource, KafkaState
 from bridge.stream.endpoint import Endpoint
 from bridge.stream.gate import admitted, released
 from bridge.stream.hub import Client, ClientQueue, Hub, TooManyConnections, Transport
+from bridge.stream.replay import EventOf, clean_event
 from bridge.stream.sse import sse_session
 from bridge.stream.websocket import websocket_session
 
@@ -215,6 +216,8 @@ class StreamService:
 
     def apply_action(self, filters: Filters, message: str | bytes) -> tuple[Filters, bytes]:
         return apply_action(filters, message)
+
+    replay_event: EventOf = staticmethod(clean_event)
 
     def feed_local(self, value: bytes) -> None:
         """A clean record (the exact value produced to Kafka) from this daemon's

@@ -145,6 +145,7 @@ async def _resume(
                     sink.write,
                     kafka=service.kafka,
                     stream=service.settings,
+                    event=service.replay_event,
                 )
             except KafkaException as exc:
                 log.info("stream.sse_resume_deferred", remote=request.remote, error=str(exc))

@@ -1,6 +1,7 @@
-"""Device groups of the registry through the real daemon: a ``group`` filter
-(query and live action) selects the devices of a group, and a reload that
-moves a device between groups changes what an open connection receives."""
+"""Configured endpoints through the real daemon: device groups of the
+registry (a ``group`` filter, query and live action, that follows a reload),
+two endpoints sharing one consumer, and an SSE client of an endpoint resuming
+with its Kafka cursor in that endpoint's envelope."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import signal
 from typing import Any
 
+import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
@@ -33,6 +35,7 @@ def config(setup: BridgeSetup, pumps: list[str]) -> Any:
 name = "plant"
 auth = "none"
 websocket_path = "/plant"
+sse_path = "/plant/sse"
 envelope = {{ kind = "message" }}
 source = {{ topics = ["{setup.raw}"], read = "mapping", mapping = "telemetry" }}
 
@@ -86,3 +89,42 @@ def test_group_filter_follows_the_registry(setup: BridgeSetup) -> None:
             assert next_telemetry(live)["device_id"] == "F1"
             # The other endpoint's contract: the MQTT payload as it was sent.
             assert receive(raw) == {"schema_version": 1, "device": "F1", "metrics": {"flow": 3}}
+
+
+def sse_events(response: httpx.Response, count: int) -> list[tuple[str, Any]]:
+    """The next ``count`` events with an id: (id, data)."""
+    found: list[tuple[str, Any]] = []
+    event_id = None
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: ") and event_id is not None:
+            found.append((event_id, json.loads(line[6:])))
+            event_id = None
+            if len(found) == count:
+                break
+    return found
+
+
+def test_sse_resumes_in_the_endpoints_envelope(setup: BridgeSetup) -> None:
+    ensure_topic(setup.tansu.bootstrap, setup.raw)
+    with BridgeProcess(config(setup, ["P1"])) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        bridge.wait_for_event("stream.kafka_state", timeout=30, state="ok")
+        url = f"http://127.0.0.1:{setup.listen_port}/plant/sse?device=P1&metric=flow"
+        with httpx.stream("GET", url, timeout=20) as response:
+            publish(setup, "t1", "P1", {"flow": 1, "pressure": 9})
+            ((cursor, first),) = sse_events(response, 1)
+        assert first["metrics"] == {"flow": 1}
+        for n in (2, 3):
+            publish(setup, "t1", "P1", {"flow": n, "pressure": 9})
+            publish(setup, "t1", "P2", {"flow": n})
+        mark = bridge.mark()
+        with httpx.stream("GET", url, headers={"Last-Event-ID": cursor}, timeout=20) as response:
+            missed = sse_events(response, 2)
+        bridge.wait_for_event("stream.sse_resumed", timeout=15, since=mark, events=2)
+        assert [(e["device_id"], e["metrics"]) for _, e in missed] == [
+            ("P1", {"flow": 2}),
+            ("P1", {"flow": 3}),
+        ]
+        assert missed[0][0] != cursor
