@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -59,11 +61,18 @@ def next_telemetry(ws: ClientConnection) -> Any:
             return message
 
 
-def test_group_filter_follows_the_registry(setup: BridgeSetup) -> None:
+@contextmanager
+def running(setup: BridgeSetup) -> Iterator[BridgeProcess]:
+    """The daemon with P1 in the pumps group, once its stream consumer reads."""
     ensure_topic(setup.tansu.bootstrap, setup.raw)
     with BridgeProcess(config(setup, ["P1"])) as bridge:
         bridge.wait_for_event("bridge.ready", timeout=30)
         bridge.wait_for_event("stream.kafka_state", timeout=30, state="ok")
+        yield bridge
+
+
+def test_group_filter_follows_the_registry(setup: BridgeSetup) -> None:
+    with running(setup) as bridge:
         url = f"ws://127.0.0.1:{setup.listen_port}/plant"
         # Two endpoints on one source: one consumer.
         assert len(bridge.events("stream.kafka_consumer_started")) == 1
@@ -107,10 +116,7 @@ def sse_events(response: httpx.Response, count: int) -> list[tuple[str, Any]]:
 
 
 def test_sse_resumes_in_the_endpoints_envelope(setup: BridgeSetup) -> None:
-    ensure_topic(setup.tansu.bootstrap, setup.raw)
-    with BridgeProcess(config(setup, ["P1"])) as bridge:
-        bridge.wait_for_event("bridge.ready", timeout=30)
-        bridge.wait_for_event("stream.kafka_state", timeout=30, state="ok")
+    with running(setup) as bridge:
         url = f"http://127.0.0.1:{setup.listen_port}/plant/sse?device=P1&metric=flow"
         with httpx.stream("GET", url, timeout=20) as response:
             publish(setup, "t1", "P1", {"flow": 1, "pressure": 9})
