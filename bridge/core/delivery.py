@@ -81,15 +81,17 @@ HELD: Final = State.HELD
 
 
 class Message:
-    """One MQTT message until every record made from it is held."""
+    """One MQTT message until every record made from it is held.  The adapter
+    makes it (and may subclass it, to be the producer's delivery waiter of
+    the message's records on the direct path, see :meth:`Delivery.arrive`)."""
 
     __slots__ = ("context", "generation", "mid", "remaining")
 
-    def __init__(self, generation: int, mid: int | None, remaining: int, context: object) -> None:
+    def __init__(self, generation: int, mid: int | None, context: object = None) -> None:
         self.generation = generation
         self.mid = mid  # None for QoS 0: nothing to acknowledge
-        self.remaining = remaining
-        self.context = context  # the adapter's (e.g. when it arrived)
+        self.remaining = 0  # records not held yet
+        self.context = context  # the adapter's, if it does not subclass
 
 
 class Tracked(Generic[R]):
@@ -212,6 +214,32 @@ class Delivery(Generic[R]):
         return len(self._overflow)
 
     # ------------------------------------------------------------------ MQTT side
+    def arrive(self, message: Message, records: Sequence[R]) -> list[Action[R]] | None:
+        """``message`` made ``records``.
+
+        None is the hot path, *direct*: hand every record to the producer, in
+        order, with the message as their delivery waiter, and report each with
+        :meth:`delivered_direct` or :meth:`failed_direct`; if the queue refuses
+        one, report it and the records after it (not tried) with
+        :meth:`not_taken_direct`.  Otherwise the actions to carry out.  This
+        split keeps the common case at one object per message, as before the
+        rules moved here (a :class:`Tracked` is made only for a record that
+        leaves the direct path)."""
+        if self.closing:
+            return []  # not taken: the broker delivers it again
+        if message.generation > self.generation:
+            self.generation = message.generation
+        message.remaining = len(records)
+        if not records:
+            return [Settled(message, message.mid is not None)]
+        self.pending += 1
+        if self.active or self._overflow:
+            out: list[Action[R]] = []
+            for record in records:
+                self._route(Tracked(record, message), out)
+            return out
+        return None
+
     def arrived(
         self,
         generation: int,
@@ -220,23 +248,12 @@ class Delivery(Generic[R]):
         records: Sequence[R],
         context: object = None,
     ) -> list[Action[R]]:
-        """A message of session ``generation`` made ``records``."""
-        out: list[Action[R]] = []
-        if self.closing:
-            return out  # not taken: the broker delivers it again
-        if generation > self.generation:
-            self.generation = generation
-        message = Message(generation, mid if qos > 0 else None, len(records), context)
-        if not records:
-            out.append(Settled(message, message.mid is not None))
-            return out
-        self.pending += 1
-        if self.active or self._overflow:
-            for record in records:
-                self._route(Tracked(record, message), out)
-        else:  # the hot path: straight to Kafka
-            for record in records:
-                out.append(Produce(Tracked(record, message)))
+        """:meth:`arrive` with the direct path spelled out as one
+        :class:`Produce` per record (reported with :meth:`delivered`)."""
+        message = Message(generation, mid if qos > 0 else None, context)
+        out = self.arrive(message, records)
+        if out is None:
+            out = [Produce(Tracked(record, message)) for record in records]
         return out
 
     def session_lost(self, generation: int) -> None:
@@ -287,6 +304,29 @@ class Delivery(Generic[R]):
             self._abandon(item)
         else:
             out.append(Produce(item))
+        return out
+
+    def delivered_direct(self, message: Message) -> Settled | None:
+        """Kafka acknowledged a record of a direct message: the settlement when
+        it was the message's last.  (A direct record has one report and no
+        other place to be, so it has no race to lose.)"""
+        message.remaining -= 1
+        if message.remaining:
+            return None
+        self.pending -= 1
+        return Settled(message, message.mid is not None and message.generation == self.generation)
+
+    def failed_direct(self, message: Message, record: R) -> list[Action[R]]:
+        """Kafka gave up on a record of a direct message."""
+        return self.failed(Tracked(record, message))
+
+    def not_taken_direct(self, message: Message, records: Sequence[R]) -> list[Action[R]]:
+        """The producer's queue refused ``records[0]`` of a direct message;
+        the ones after it were not tried and follow the rules from here."""
+        first = Tracked(records[0], message)
+        out = self.not_taken(first)
+        for record in records[1:]:
+            self._route(Tracked(record, message), out)
         return out
 
     def reports_done(self) -> list[Action[R]]:

@@ -18,7 +18,8 @@ produce on purpose.  Random interleavings: test_delivery_properties.py.
   ``test_the_spool_recovering_...``;
 8 shutdown: ``test_shutdown_with_records_in_every_state_...``,
   ``test_sigterm_with_kafka_down_and_the_spool_full_...``;
-races: ``test_a_late_sync_...``, ``test_a_late_delivery_...``.
+races: ``test_a_late_sync_...``, ``test_a_late_delivery_...``;
+the direct path (the same rules, one object per message): ``..._direct_...``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bridge.core.delivery import (
     Action,
     Delivery,
     Dropped,
+    Message,
     Produce,
     Settled,
     Spool,
@@ -305,3 +307,52 @@ def test_sigterm_with_kafka_down_and_the_spool_full_leaves_qos1_unacknowledged()
     assert d.failed(q1) == [Spool(q1)]  # waits for room that does not come
     assert [type(x) for x in d.failed(q0)] == [Dropped, Settled]
     assert d.pending == 1  # never acknowledged: the broker delivers it to the next run
+
+
+def test_the_direct_path_is_one_message_object_and_a_count() -> None:
+    d: Delivery[str] = Delivery(spool=True)
+    message = Message(1, 7)
+    assert d.arrive(message, ["clean", "raw"]) is None  # produce both, the message waits
+    assert d.delivered_direct(message) is None
+    assert d.delivered_direct(message) == Settled(message, True)
+    assert d.pending == 0
+
+
+def test_a_direct_record_that_fails_leaves_the_direct_path() -> None:
+    d: Delivery[str] = Delivery(spool=True)
+    message = Message(1, 7)
+    assert d.arrive(message, ["clean", "raw"]) is None
+    out = d.failed_direct(message, "raw")
+    assert out[0] == SpoolActive("Kafka delivery failed")
+    [item] = spooled(out)
+    assert d.delivered_direct(message) is None
+    assert acks(d.synced([item])) == [(1, 7)]
+
+
+def test_a_direct_record_refused_takes_the_ones_after_it_along() -> None:
+    """The queue refuses the first record: the second is not tried, it queues
+    behind the first (in the overflow without a spool, in the spool with one)."""
+    d: Delivery[str] = Delivery(spool=False)
+    message = Message(1, 7)
+    assert d.arrive(message, ["clean", "raw"]) is None
+    assert d.not_taken_direct(message, ["clean", "raw"]) == []
+    assert d.overflow == 2
+    assert [a.item.record for a in d.reports_done() if isinstance(a, Produce)] == ["clean", "raw"]
+    spool: Delivery[str] = Delivery(spool=True)
+    message = Message(1, 8)
+    assert spool.arrive(message, ["clean", "raw"]) is None
+    out = spool.not_taken_direct(message, ["clean", "raw"])
+    assert [a.item.record for a in out if isinstance(a, Spool)] == ["clean", "raw"]
+
+
+def test_a_direct_message_of_a_lost_session_is_not_acknowledged() -> None:
+    d: Delivery[str] = Delivery(spool=False)
+    message = Message(1, 7)
+    d.arrive(message, ["clean"])
+    d.session_lost(2)
+    assert d.delivered_direct(message) == Settled(message, False)
+
+
+def test_while_the_spool_is_active_nothing_goes_direct() -> None:
+    d: Delivery[str] = Delivery(spool=True, backlog=True)
+    assert spooled(d.arrive(Message(1, 7), ["clean"]) or [])
