@@ -124,7 +124,11 @@ class _Reader:
     """The per-replay state: what is left to read and where each partition is."""
 
     def __init__(
-        self, ranges: list[ReplayRange], cursor: Positions, filters: Filters, event: EventOf
+        self,
+        ranges: list[ReplayRange],
+        cursor: Positions,
+        filters: Filters,
+        event: EventOf = clean_event,
     ) -> None:
         self.pending = {(r.topic, r.partition): r.end for r in ranges}
         self.positions: Positions = {topic: dict(parts) for topic, parts in cursor.items()}
