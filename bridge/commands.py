@@ -108,7 +108,7 @@ class CommandForwarder:
                 if offsets:
                     await trio.to_thread.run_sync(_commit, consumer, offsets)
         finally:
-            self._committable()
+            self._note_acknowledged()
             final = _partitions(self.offsets.shutdown())
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_close, consumer, final)
@@ -202,8 +202,12 @@ class CommandForwarder:
             self._produce_dead_letter(again)
 
     def _committable(self) -> list[TopicPartition]:
-        """Publishes the broker acknowledged since the last batch, then the
-        commits they allow."""
+        """The commits the acknowledgements since the last batch allow."""
+        self._note_acknowledged()
+        return _partitions(self.offsets.commits())
+
+    def _note_acknowledged(self) -> None:
+        """Tell the offsets which publishes the broker acknowledged (paho polls)."""
         waiting = []
         for record, info in self._unacked:
             if info.is_published():
@@ -211,7 +215,6 @@ class CommandForwarder:
             else:
                 waiting.append((record, info))
         self._unacked = waiting
-        return _partitions(self.offsets.commits())
 
 
 def _partitions(commits: list[Commit]) -> list[TopicPartition]:
