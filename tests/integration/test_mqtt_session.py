@@ -209,7 +209,10 @@ async def test_a_paused_client_does_not_spin() -> None:
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         assert client.connected
         nursery.cancel_scope.cancel()
-    assert cpu < 0.2 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s paused"
+    # Paused, it wakes once per tick: about 0.2 % of a core.  The old spin got
+    # 20-35 % of a core on a loaded 2-core machine (all a busy CI box gives a
+    # spinning process), so the bound must sit well below that.
+    assert cpu < 0.05 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s paused"
 
 
 async def test_port_answers_without_blocking_the_loop() -> None:

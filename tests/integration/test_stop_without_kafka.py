@@ -41,5 +41,7 @@ def test_stop_while_kafka_is_frozen_waits_without_spinning(setup: BridgeSetup) -
             setup.tansu.resume()
         assert bridge.wait() == 0
         stopped = bridge.wait_for_event("bridge.stopped")
-    assert cpu < 0.1 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s waiting for Kafka"
+    # Waiting costs about 1 % of a core; the old spin got 15 % and more even on
+    # a loaded 2-core machine that gives a spinning process little.
+    assert cpu < 0.05 * wall, f"{cpu:.2f} s of CPU in {wall:.2f} s waiting for Kafka"
     assert stopped["acked"] == 20
