@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 
+from tests.support import sparkplug_encoder as enc
+
 PAYLOAD_BYTES = 200
 DEVICES = 1000
 #: Messages per sendall: large enough to amortise the syscall, small enough
@@ -127,6 +129,72 @@ class LoadSpec:
     rate: float  # messages/s for this publisher; 0 means unpaced
     window: int  # this publisher's share of messages not yet on Kafka
     share: float  # this publisher's fraction of all traffic (for the window)
+    sparkplug: bool = False  # Sparkplug B DDATA instead of JSON (see SparkplugLoad)
+
+
+SPB_GROUP = "bench"
+#: The DDATA's metrics: (alias, datatype), all named in the DBIRTH.
+SPB_METRICS = [(a, enc.DOUBLE) for a in range(5)] + [(a, enc.INT32) for a in range(5, 8)]
+SPB_METRICS += [(8, enc.BOOLEAN), (9, enc.STRING)]
+
+
+def _spb_value(datatype: int, alias: int, seq: int) -> object:
+    if datatype == enc.DOUBLE:
+        return 20.0 + alias + seq / 10
+    if datatype == enc.INT32:
+        return seq * (alias + 1)
+    if datatype == enc.BOOLEAN:
+        return seq % 2 == 0
+    return ("eco", "boost")[seq % 2]
+
+
+def _packet(name: bytes, qos: int, packet_id: int, body: bytes) -> bytes:
+    """A PUBLISH of any payload size (``name``: the length-prefixed topic)."""
+    pid = packet_id.to_bytes(2, "big") if qos else b""
+    return (
+        bytes([0x30 | (qos << 1)]) + _varint(len(name) + len(pid) + len(body)) + name + pid + body
+    )
+
+
+class SparkplugLoad:
+    """One Sparkplug B edge node per publisher (the client id), with its share
+    of the devices: an NBIRTH, a DBIRTH per device naming the 10 metrics with
+    their aliases, then DDATA naming all 10 by alias only, seq counting on
+    over the node's messages.  The 256 DDATA bodies (one per seq) are built
+    once, so a message costs the load generator a concatenation, as JSON does."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        node = spec.client_id
+        self.qos = spec.qos
+        self.names = [
+            _string(f"spBv1.0/{SPB_GROUP}/DDATA/{node}/{device_name(d)}".encode())
+            for d in spec.devices
+        ]
+        births = [(f"spBv1.0/{SPB_GROUP}/NBIRTH/{node}", enc.node_birth([], seq=0))]
+        for n, d in enumerate(spec.devices):
+            metrics = [
+                enc.metric(f"m{a}", alias=a, datatype=dt, value=_spb_value(dt, a, 0))
+                for a, dt in SPB_METRICS
+            ]
+            topic = f"spBv1.0/{SPB_GROUP}/DBIRTH/{node}/{device_name(d)}"
+            births.append((topic, enc.payload(metrics, seq=(n + 1) % 256)))
+        self.births = [(_string(topic.encode()), body) for topic, body in births]
+        self.bodies = [
+            enc.payload(
+                [
+                    enc.metric(alias=a, datatype=dt, value=_spb_value(dt, a, seq))
+                    for a, dt in SPB_METRICS
+                ],
+                seq=seq,
+            )
+            for seq in range(256)
+        ]
+        self.seq = len(births) % 256
+
+    def frame(self, index: int, packet_id: int) -> bytes:
+        body = self.bodies[self.seq]
+        self.seq = (self.seq + 1) % 256
+        return _packet(self.names[index % len(self.names)], self.qos, packet_id, body)
 
 
 def run_publisher(
@@ -153,6 +221,11 @@ def run_publisher(
     ]
     sent = 0
     packet_id = 0
+    spb = SparkplugLoad(spec) if spec.sparkplug else None
+    if spb is not None:  # the births first: they explain the DDATA's aliases
+        births = [_packet(name, spec.qos, n + 1, body) for n, (name, body) in enumerate(spb.births)]
+        sock.sendall(b"".join(births))
+        sent = packet_id = len(births)
     started = time.monotonic()
     while not stop.value:
         allowed = BURST
@@ -166,6 +239,9 @@ def run_publisher(
         now = time.time_ns()
         for i in range(sent, sent + allowed):
             packet_id = packet_id % 65535 + 1
+            if spb is not None:
+                packets.append(spb.frame(i, packet_id))
+                continue
             frames, device = targets[i % len(targets)]
             packets.append(frames.frame(packet_id, payload(device, now, i)))
         sock.sendall(b"".join(packets))

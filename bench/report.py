@@ -132,6 +132,21 @@ def ingest_rows(results: Mapping[str, IngestResult], latency_rate: int) -> list[
             "",
         )
     )
+    for spb, json_name, what in (
+        ("spb-qos1", "qos1", ""),
+        ("spb-qos1-no-stream", "qos1-no-stream", ", without the stream's Kafka consumer"),
+    ):
+        if spb in results:
+            rows.append(
+                _row(
+                    f"Sparkplug B DDATA, 10 aliased metrics, QoS 1{what}: msgs/s on Kafka; "
+                    "clean records/s",
+                    f"{_rate(rate(spb))}; {_rate((rate(spb) or 0) * 10)}",
+                    "",
+                    _ratio(rate(spb), rate(json_name)) + " of JSON msgs/s",
+                    "",
+                )
+            )
     if "shared-qos1" in results:
         rows.append(
             _row(

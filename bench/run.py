@@ -71,6 +71,9 @@ INGEST_PHASES: dict[str, Phase] = {
     # receives and acknowledges (bench/paho_sink.py).
     "paho-qos1": Phase("paho", qos=1),
     "shared-qos1": Phase("bridge", qos=1, instances=2),
+    # Sparkplug B: DDATA naming 10 metrics by alias (bench/mqtt_load.py SparkplugLoad).
+    "spb-qos1": Phase("bridge", qos=1, sparkplug=True),
+    "spb-qos1-no-stream": Phase("bridge", qos=1, settings=NO_STREAM, sparkplug=True),
 }
 
 

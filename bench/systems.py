@@ -71,6 +71,7 @@ def bridge_config(
     client_id: str,
     shared_group: str | None = None,
     overrides: Settings | None = None,
+    sparkplug: bool = False,
 ) -> Path:
     """A daemon config for the bench: the default telemetry mapping and the
     default settings, with this phase's brokers and topics; ``overrides`` sets
@@ -95,6 +96,9 @@ def bridge_config(
     }
     if shared_group:
         mapping["mappings.mqtt"]["shared_group"] = shared_group
+    if sparkplug:  # mappings/sparkplug.toml's defaults
+        mapping["mappings.mqtt"]["topic"] = "spBv1.0/#"
+        mapping["mappings.payload"] = {"format": "sparkplug_b"}
     text = _toml(sections) + '[[mappings]]\nname = "telemetry"\n' + _toml(mapping)
     return write_config(workdir, text, name=f"{client_id}.toml")
 
@@ -112,6 +116,7 @@ class Bridges:
         qos: int,
         count: int = 1,
         overrides: Settings | None = None,
+        sparkplug: bool = False,
     ) -> None:
         self.configs = [
             bridge_config(
@@ -123,6 +128,7 @@ class Bridges:
                 client_id=f"bench-bridge-{i}",
                 shared_group="bench" if count > 1 else None,
                 overrides=overrides,
+                sparkplug=sparkplug,
             )
             for i in range(count)
         ]
