@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import Producer
 from websockets.sync.client import ClientConnection, connect
 
 from tests.integration.conftest import BridgeSetup
@@ -134,3 +135,29 @@ def test_sse_resumes_in_the_endpoints_envelope(setup: BridgeSetup) -> None:
             ("P1", {"flow": 3}),
         ]
         assert missed[0][0] != cursor
+
+
+def test_start_at_earliest_reads_what_came_before(setup: BridgeSetup) -> None:
+    topic = f"history.{setup.unique}"
+    ensure_topic(setup.tansu.bootstrap, topic)
+    producer = Producer({"bootstrap.servers": setup.tansu.bootstrap})
+    producer.produce(topic, json.dumps({"id": "A", "n": 1}).encode(), key=b"A")
+    assert producer.flush(20) == 0
+    path = setup.config(
+        f"""
+[[streams]]
+name = "history"
+auth = "none"
+websocket_path = "/history"
+send_welcome = false
+envelope = {{ kind = "passthrough" }}
+filters = {{ metric = [] }}
+source = {{ topics = ["{topic}"], read = "json", device = {{ field = "id" }}, start = "earliest" }}
+"""
+    )
+    with BridgeProcess(path) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        with connect(f"ws://127.0.0.1:{setup.listen_port}/history") as ws:
+            bridge.wait_for_event("stream.kafka_state", timeout=30, state="ok")
+            # Assigned after the client connected: the old record is read.
+            assert receive(ws) == {"id": "A", "n": 1}
