@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from bridge.core.coerce import Refusal
 from bridge.core.commands import CommandPlan
 from bridge.core.commands import Publish as Resolved
+from bridge.core.normalize import INTERNAL_ERROR
 
 
 class InFlight:
@@ -104,6 +105,12 @@ class CommandOffsets:
             return Publish(record, self.plan.resolve(value, headers))
         except Refusal as refusal:
             return DeadLetter(record, refusal)
+        except Exception as exc:
+            # The crash barrier: a record the bridge fails on (a bug) is set
+            # aside like any refused one, so its offset can be committed; ended
+            # here, the daemon would fail on it again after every restart.
+            detail = f"{type(exc).__name__}: the bridge failed on this record ({str(exc)[:200]!r})"
+            return DeadLetter(record, Refusal(INTERNAL_ERROR, detail))
 
     def acknowledged(self, record: InFlight) -> None:
         """Its publish was acknowledged by the broker, or its dead letter by Kafka."""

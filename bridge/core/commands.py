@@ -16,6 +16,7 @@ import msgspec
 from bridge.config import CommandMapping
 from bridge.core.coerce import Refusal
 from bridge.core.extract import MISSING, field_path, get_path
+from bridge.core.json_depth import nesting_depth
 from bridge.core.topics import Template, TopicSyntaxError, segment_problem
 
 _decode = msgspec.json.Decoder().decode
@@ -41,6 +42,10 @@ class CommandPlan:
     topic: Template
     sources: tuple[tuple[str, str | None, tuple[str, ...] | None], ...]  # name, header, path
     payload_path: tuple[str, ...] | None
+    #: limits.max_json_depth: a record nested deeper is refused before it is
+    #: decoded (the decoder's recursion would otherwise end the daemon, and
+    #: again at every restart, the offset never being committed).
+    max_depth: int = 64
 
     @property
     def needs_json(self) -> bool:
@@ -89,15 +94,22 @@ class CommandPlan:
                 properties.append((name, text))
         return Publish(self.topic.render(values), payload, properties)
 
-    @staticmethod
-    def _json(value: bytes | None) -> Any:
+    def _json(self, value: bytes | None) -> Any:
+        raw = value or b""
+        limit = self.max_depth
+        if raw.count(b"[") + raw.count(b"{") > limit and nesting_depth(raw, limit) > limit:
+            raise Refusal(
+                "too_deep", f"record value nests deeper than limits.max_json_depth = {limit}"
+            )
         try:
-            return _decode(value or b"")
+            return _decode(raw)
         except msgspec.DecodeError as exc:
             raise Refusal("invalid_json", f"record value is not valid JSON: {exc}") from None
 
 
-def compile_command(mapping: CommandMapping, path: str) -> tuple[CommandPlan | None, list[str]]:
+def compile_command(
+    mapping: CommandMapping, path: str, max_depth: int = 64
+) -> tuple[CommandPlan | None, list[str]]:
     """Compile one ``[[commands]]`` table; errors carry ``path``."""
     errors: list[str] = []
     try:
@@ -124,4 +136,4 @@ def compile_command(mapping: CommandMapping, path: str) -> tuple[CommandPlan | N
     if errors:
         return None, errors
     payload_path = field_path(mapping.payload_field) if mapping.payload_field else None
-    return CommandPlan(mapping, topic, tuple(sources), payload_path), []
+    return CommandPlan(mapping, topic, tuple(sources), payload_path, max_depth), []

@@ -445,7 +445,9 @@ def compile_config(loaded: LoadedConfig) -> Plan:
     _check_mqtt(config, top)
     commands = []
     for index, command in enumerate(config.commands):
-        compiled, lines = compile_command(command, f"commands[{index}]")
+        compiled, lines = compile_command(
+            command, f"commands[{index}]", config.limits.max_json_depth
+        )
         top.lines.extend(top.prefix + line for line in lines)
         if compiled is not None:
             commands.append(compiled)

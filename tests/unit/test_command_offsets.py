@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bridge.config import CommandMapping
 from bridge.core.coerce import Refusal
 from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight, Publish
-from bridge.core.commands import compile_command
+from bridge.core.commands import CommandPlan, compile_command
 
 GOOD = b'{"tenant": "t1", "device": "d1", "cmd": "reboot"}'
 BAD = b"not json"
@@ -181,3 +181,31 @@ def test_random_interleavings_never_commit_past_an_unacknowledged_record(
         if records:
             assert committed[p] == records[-1].offset + 1
     assert machine.in_flight == 0
+
+
+def test_a_record_nested_too_deep_is_a_dead_letter_not_a_crash() -> None:
+    """3,000 nested arrays made the JSON decoder raise RecursionError, which
+    ended the daemon, and again after every restart (the offset was never
+    committed)."""
+    deep = b'{"tenant": "t1", "device": "d1", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    dead = consume(offsets(), 0, deep)
+    assert isinstance(dead, DeadLetter)
+    assert dead.refusal.reason == "too_deep"
+    at_the_limit = b'{"tenant": "t1", "device": "d1", "x": ' + b"[" * 63 + b"]" * 63 + b"}"
+    assert isinstance(consume(offsets(), 0, at_the_limit), Publish)
+
+
+def test_a_record_the_bridge_fails_on_is_an_internal_error_dead_letter() -> None:
+    class Buggy(CommandPlan):
+        def resolve(self, value: bytes | None, headers: Any) -> Any:
+            raise ZeroDivisionError("division by zero")
+
+    plan, _ = compile_command(CommandMapping(), "commands[0]")
+    assert plan is not None
+    machine = CommandOffsets(Buggy(**vars(plan)))
+    dead = consume(machine, 0)
+    assert isinstance(dead, DeadLetter)
+    assert dead.refusal.reason == "internal_error"
+    assert dead.refusal.detail.startswith("ZeroDivisionError: the bridge failed on this record")
+    machine.acknowledged(dead.record)  # its dead letter is in Kafka: the offset moves on
+    assert machine.commits() == [Commit("cmd", 0, 1)]
