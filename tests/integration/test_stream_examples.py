@@ -201,7 +201,9 @@ def test_gps_passthrough_dashboard(setup: BridgeSetup) -> None:
     logger.setLevel(logging.DEBUG)
     shorten = {"interval_s = 60.0": "interval_s = 1.0"}
     try:
-        with example(setup, "gps-passthrough", ["tracking.data"], shorten):
+        with example(setup, "gps-passthrough", ["tracking.data"], shorten) as bridge:
+            # No token, as stated in the file: said at start.
+            assert bridge.events("stream.auth_none", endpoint="gps")
             some = connect(ws_url(setup, f"/api/v1/stream?device_ids={a},{b}"))
             every = connect(ws_url(setup, "/api/v1/stream"))
             with some, every:
