@@ -222,6 +222,7 @@ class KafkaSource:
         self._ok = trio.Event()
         self._kafka_errors = SampledLog(f"{events}.kafka_error")
         self._record_errors = SampledLog(f"{events}.kafka_record_error")
+        self._record_failures = SampledLog(f"{events}.record_failed", level="error")
 
     # ----------------------------------------------------------------- trio side
     async def run(self) -> None:
@@ -323,7 +324,10 @@ class KafkaSource:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             if not shared:
-                publish(topic, partition, offset, message.value(), sent_at)
+                try:
+                    publish(topic, partition, offset, message.value(), sent_at)
+                except Exception as exc:
+                    self._record_failed(topic, partition, offset, exc)
                 continue
             value = message.value()
             raw = message.headers() if headers else None
@@ -331,10 +335,28 @@ class KafkaSource:
                 [(k, v) for k, v in raw if isinstance(v, bytes)] if isinstance(raw, list) else None
             )
             for sink in shared:
-                sink.publish_kafka(topic, partition, offset, value, sent_at, found, now_ns // 10**6)
+                try:
+                    sink.publish_kafka(
+                        topic, partition, offset, value, sent_at, found, now_ns // 10**6
+                    )
+                except Exception as exc:
+                    self._record_failed(topic, partition, offset, exc)
         # An error event (a transport error, say) is no sign of a live broker.
         if len(messages) > errors and self.state != "ok" and self.assigned:
             self._set_state("ok")
+
+    def _record_failed(self, topic: str, partition: int, offset: int, exc: Exception) -> None:
+        """The crash barrier around each record: one the readers fail on (a
+        bug, or JSON nested deep enough to exhaust a decoder's recursion) is
+        skipped for this reader and logged sampled with its traceback, never
+        the end of the consumer, which would end the daemon."""
+        self._record_failures(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            error=f"{type(exc).__name__}: {str(exc)[:200]}",
+            exc_info=exc,
+        )
 
     def _record_error(self, message: Message, error: KafkaError) -> None:
         if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and message.topic():

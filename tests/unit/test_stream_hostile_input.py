@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from bridge.config import KafkaSettings, StreamSettings
 from bridge.core.events import (
     MAX_OFFSET,
     MAX_PARTITION,
@@ -29,7 +30,9 @@ from bridge.core.events import (
 )
 from bridge.io.http import Request
 from bridge.stream import replay, sse, websocket
-from bridge.stream.hub import Client, ClientQueue, Transport
+from bridge.stream.consumer import KafkaSource
+from bridge.stream.hub import Client, ClientQueue, Hub, Transport
+from tests.unit.test_hub import record, taken
 
 START = Filters("t1", None, None)
 REPLIES = {"error", "subscribed", "unsubscribed", "metrics_updated", "filters_cleared"}
@@ -224,3 +227,27 @@ async def test_a_bug_while_resuming_ends_the_response_with_a_retry() -> None:
     assert body.sent.startswith(sse_retry(sse.RETRY_MS))
     assert b"internal error while resuming" in body.sent
     assert sse._resume_failures.total - before == 1
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_kafka_record_the_stream_fails_on_is_skipped_not_the_end_of_the_daemon(
+    shared: bool,
+) -> None:
+    """A record in the stream's topic nested deep enough to exhaust the JSON
+    decoder's recursion (not written by a bridge: its records are bounded)
+    raised RecursionError out of the consumer, which ended the daemon."""
+    hub = Hub(max_per_tenant=10)
+    admin = Client(Transport.WEBSOCKET, Filters(None), "admin", ClientQueue(10, 10))
+    hub.register(admin)
+    kafka = KafkaSettings(bootstrap="127.0.0.1:9")
+    source = KafkaSource(kafka, StreamSettings(topics=["c"]), hub, shared=[hub] * shared)
+    deep = b'{"tenant": "t1", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    values = [deep, record()]
+    with capture_logs() as logs:
+        source._publish(
+            [Message(topic="c", partition=0, offset=n, value=v) for n, v in enumerate(values)]
+        )
+    assert [e.offset for e in taken(admin)] == [1]
+    assert hub.positions == {"c": {0: 2}}
+    (failed,) = [e for e in logs if e["event"] == "stream.record_failed"]
+    assert failed["error"].startswith("RecursionError")
