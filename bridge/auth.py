@@ -27,7 +27,7 @@ import structlog
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from bridge.config import AuthSettings, read_problem
+from bridge.config import AuthSettings, Config, read_problem
 from bridge.io.jwks import JwksError, JwksKeys
 
 log = structlog.get_logger(__name__)
@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 SECRET_ENV = "EDGE_BRIDGE_JWT_SECRET"
 #: The subprotocol a browser offers, next to the token, to authenticate a WebSocket.
 BEARER_SUBPROTOCOL = "bearer"
+#: The warning of an authenticator without any key.
+NO_KEY = "auth.no_key"
 #: RFC 7518: an HMAC key should be at least as long as the hash output.
 MIN_SECRET_BYTES = 32
 
@@ -176,15 +178,19 @@ class Authenticator:
         if not self.configured:
             self.warnings.append(
                 (
-                    "auth.no_key",
+                    NO_KEY,
                     f"every stream connection is refused until auth.jwt_secret, {SECRET_ENV} "
                     "or auth.public_key_file is set",
                 )
             )
 
-    def log_warnings(self) -> None:
+    def log_warnings(self, *, keys_needed: bool = True) -> None:
+        """``keys_needed`` false: no endpoint verifies tokens (every
+        ``[[streams]]`` endpoint has ``auth = "none"``), so a missing key is
+        not worth a warning."""
         for event, hint in self.warnings:
-            log.warning(event, hint=hint)
+            if keys_needed or event != NO_KEY:
+                log.warning(event, hint=hint)
 
     @property
     def configured(self) -> bool:
@@ -245,6 +251,12 @@ class Authenticator:
         except jwt.InvalidTokenError as exc:
             raise Refused(Refusal.UNAUTHENTICATED, f"invalid token: {exc}") from None
         return claims
+
+
+def keys_needed(config: Config) -> bool:
+    """Whether any endpoint verifies tokens: the built-in ones do, a
+    ``[[streams]]`` endpoint unless its ``auth`` is ``none``."""
+    return not config.streams or any(s.auth == "jwt" for s in config.streams)
 
 
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:

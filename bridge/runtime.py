@@ -33,7 +33,7 @@ from typing import Any
 
 import confluent_kafka
 
-from bridge.auth import AuthConfigError, Authenticator
+from bridge.auth import NO_KEY, AuthConfigError, Authenticator, keys_needed
 from bridge.config import (
     Config,
     ConfigError,
@@ -303,8 +303,10 @@ def host_problems(runtime: Runtime, environ: Mapping[str, str]) -> HostProblems:
     if listen is not None:
         reason, fatal = listen
         (errors if fatal else warnings).append(f"{where}: listen: {reason}")
+    needed = keys_needed(config)
     for event, hint in runtime.auth.warnings:
-        warnings.append(f"{where}: auth: {hint} ({event})")
+        if needed or event != NO_KEY:
+            warnings.append(f"{where}: auth: {hint} ({event})")
     for index, stream in enumerate(config.streams):
         if stream.auth == "none":
             warnings.append(

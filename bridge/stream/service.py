@@ -22,7 +22,7 @@ import msgspec
 import structlog
 import trio
 
-from bridge.auth import Authenticator, Refusal, Refused, find_token
+from bridge.auth import Authenticator, Refusal, Refused, find_token, keys_needed
 from bridge.config import Config, StreamKeepalive, StreamSettings
 from bridge.core.events import (
     FilterError,
@@ -121,7 +121,7 @@ class StreamService:
         self.settings = config.stream
         self.kafka = config.kafka
         self.auth = auth or Authenticator(config.auth)
-        self.auth.log_warnings()
+        self.auth.log_warnings(keys_needed=keys_needed(config))
         self.hub = Hub(max_per_tenant=config.stream.max_per_tenant)
         self.hub.local_fallback = config.stream.source != "kafka" and not endpoints
         self.source = (
@@ -191,7 +191,7 @@ class StreamService:
         """
         check_settings(config.stream)
         auth = auth or Authenticator(config.auth)
-        auth.log_warnings()
+        auth.log_warnings(keys_needed=keys_needed(config))
         auth.adopt(self.auth)
         self.auth = auth
         self.settings = msgspec.structs.replace(

@@ -156,3 +156,4 @@ def test_check_config_lists_the_endpoints_and_warns_of_auth_none(tmp_path: Path)
         done.stdout
     )
     assert "streams[0].auth: none: anyone who reaches" in done.stderr
+    assert "auth.no_key" not in done.stderr  # no endpoint verifies tokens
