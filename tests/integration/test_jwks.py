@@ -18,10 +18,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from structlog.testing import capture_logs
+from websockets.sync.client import connect
 
 from bridge.auth import AuthConfigError, Authenticator, Refused
 from bridge.config import AuthSettings
 from bridge.io.jwks import JwksKeys
+from tests.integration.conftest import BridgeSetup
+from tests.support import BridgeProcess
 
 
 def rsa_key() -> rsa.RSAPrivateKey:
@@ -61,10 +64,14 @@ class Provider:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/certs"
+        self._stopped = False
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
@@ -145,3 +152,39 @@ def test_jwks_file(tmp_path: Path) -> None:
         Authenticator(AuthSettings(algorithms=["RS256"], jwks_file=str(path)))
     with pytest.raises(AuthConfigError, match="only one of"):
         Authenticator(AuthSettings(algorithms=["RS256"], jwks_file=str(path), jwks_url="http://x/"))
+
+
+@pytest.mark.timeout(90)
+def test_through_the_daemon(setup: BridgeSetup, provider: Provider) -> None:
+    old, new = rsa_key(), rsa_key()
+    provider.keys = [jwk(old, "k1")]
+    path = setup.config(
+        f"""
+[auth]
+algorithms = ["RS256"]
+jwks_url = "{provider.url}"
+jwks_min_interval_s = 0
+
+[[streams]]
+name = "portal"
+auth = "jwt"
+websocket_path = "/portal"
+welcome = {{ type = "connected", tenant_id = "{{tenant}}" }}
+identity = {{ role_claims = ["realm_access.roles"], client_roles = ["customer"] }}
+"""
+    )
+    url = f"ws://127.0.0.1:{setup.listen_port}/portal?token="
+
+    def tenant_seen(key: rsa.RSAPrivateKey, kid: str) -> Any:
+        claims = {"realm_access": {"roles": ["customer"]}, "tenant": "t9"}
+        with connect(url + token(key, kid, **claims)) as ws:
+            return json.loads(ws.recv(timeout=15))["tenant_id"]
+
+    with BridgeProcess(path) as bridge:
+        bridge.wait_for_event("stream.listening", timeout=30)
+        assert tenant_seen(old, "k1") == "t9"
+        provider.keys = [jwk(old, "k1"), jwk(new, "k2")]  # the provider rotates
+        assert tenant_seen(new, "k2") == "t9"
+        provider.stop()  # the uplink goes down: the last keys still verify
+        assert tenant_seen(new, "k2") == "t9"
+        assert tenant_seen(old, "k1") == "t9"
