@@ -281,13 +281,18 @@ class MqttSettings(_Section):
 
 class KafkaSettings(_Section):
     """The Kafka producer.  ``properties`` passes any librdkafka setting through
-    (``security.protocol``, ``sasl.mechanism``, ``ssl.ca.location`` ...)."""
+    (``security.protocol``, ``sasl.mechanism``, ``ssl.ca.location`` ...).
+    ``shutdown_flush_s``: at a graceful stop, how long to wait for Kafka to
+    acknowledge the records in flight before the rest go to the spool (or stay
+    unacknowledged, for the broker to deliver again); keep it well below the
+    service manager's stop timeout (``TimeoutStopSec=45`` in the shipped unit)."""
 
     bootstrap: str = "127.0.0.1:9092"
     linger_ms: Annotated[int, Meta(ge=0, le=900_000)] = 5
     compression: str = "lz4"
     queue_max_messages: Annotated[int, Meta(ge=1, le=2_147_483_647)] = 200_000
     delivery_timeout_ms: Millis = 15_000
+    shutdown_flush_s: Annotated[float, Meta(ge=0.1, le=600)] = 10.0
     properties: dict[str, str] = msgspec.field(default_factory=dict)
 
 

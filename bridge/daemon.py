@@ -66,7 +66,6 @@ from bridge.stream.service import StreamService, StreamSettingsError, run_stream
 log = structlog.get_logger(__name__)
 
 DEFAULT_LOCAL_BROKERS = {("127.0.0.1", 1883), ("localhost", 1883)}
-SHUTDOWN_DEADLINE_S = 10.0
 #: Allocations between two youngest-generation collections (Python's default: 700).
 GC_YOUNG_THRESHOLD = 10_000
 #: How often the progress tracker samples the counters (its precision).
@@ -111,6 +110,8 @@ class Daemon:
         self.sparkplug = StateSaver(load_state(state_directory), state_directory)
         self.normalizer = Normalizer(runtime.plan, sparkplug_state=self.sparkplug.state)
         self.producer = KafkaProducer(config.kafka, client_id=f"edge-bridge-{socket.gethostname()}")
+        # A [kafka] setting: like the producer's own, it changes at a restart only.
+        self.shutdown_flush_s = config.kafka.shutdown_flush_s
         self.ingest = Ingest(self.normalizer, self.producer, self.stats)
         self.ingest.sparkplug_changed = self.sparkplug.changed
         self.producer.after_reports = self.ingest.after_reports
@@ -505,7 +506,7 @@ class Daemon:
         send the MQTT acknowledgements, disconnect."""
         if self.mqtt is not None:
             self.mqtt.pause()
-        remaining = await self.producer.flush(SHUTDOWN_DEADLINE_S)
+        remaining = await self.producer.flush(self.shutdown_flush_s)
         forwarder = self.ingest.spool
         if remaining and forwarder is not None:
             log.warning("kafka.unflushed_at_exit", records=remaining, action="spooled")

@@ -41,10 +41,12 @@ class BridgeSetup:
         *,
         mqtt_url: str | None = None,
         mqtt_extra: str = "",
+        kafka_extra: str = "",
     ) -> Path:
         """A main config for this test; ``extra`` is appended TOML (tables),
         ``mappings`` replaces the default telemetry mapping, ``mqtt_url`` and
-        ``mqtt_extra`` (keys) change the [mqtt] table."""
+        ``mqtt_extra`` (keys) change the [mqtt] table, ``kafka_extra`` (keys)
+        the [kafka] table."""
         if mappings is None:
             mappings = f"""
 [[mappings]]
@@ -65,6 +67,7 @@ client_id = "bridge-{self.unique}"
 
 [kafka]
 bootstrap = "{self.tansu.bootstrap}"
+{kafka_extra}
 
 [stream]
 topics = ["{self.clean}"]
@@ -83,3 +86,8 @@ def setup(mosquitto: Mosquitto, tansu: Tansu, unique: str, tmp_path: Path) -> Br
 
 
 ConfigFactory = Callable[..., Path]
+
+QUICK_STOP = "shutdown_flush_s = 1"
+"""[kafka] key for a test that stops the daemon while Kafka cannot be reached:
+a 1 s flush deadline instead of the default 10 s, when the wait is not what
+the test is about."""

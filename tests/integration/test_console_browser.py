@@ -21,7 +21,7 @@ import time
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.integration.conftest import BridgeSetup
+from tests.integration.conftest import QUICK_STOP, BridgeSetup
 from tests.integration.test_console_http import printed_link
 from tests.integration.test_stream_clients import SECRET, client_token, create_topic, token
 from tests.support import BridgeProcess, free_port, publish_many
@@ -46,7 +46,8 @@ def wait_live(page: Page) -> None:
 def test_first_run_walk_through_in_a_browser(setup: BridgeSetup) -> None:
     port = setup.listen_port
     no_kafka = ["--kafka-bootstrap", f"127.0.0.1:{free_port()}"]
-    with BridgeProcess(setup.config(), args=no_kafka) as bridge, chromium() as browser:
+    config = setup.config(kafka_extra=QUICK_STOP)
+    with BridgeProcess(config, args=no_kafka) as bridge, chromium() as browser:
         bridge.wait_for_event("spool.active", timeout=30)
         link = printed_link(bridge)
         log = RequestLog()

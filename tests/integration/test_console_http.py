@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Iterable
 from signal import SIGHUP
 
-from tests.integration.conftest import BridgeSetup
+from tests.integration.conftest import QUICK_STOP, BridgeSetup
 from tests.integration.test_stream_clients import SECRET, client_token, token
 from tests.support import BridgeProcess, free_port, publish_many, wait_until
 
@@ -179,7 +179,7 @@ def test_first_run_prints_a_sign_in_link_on_loopback_only(setup: BridgeSetup) ->
 def test_readyz_says_stalled_when_spooled_records_stop_moving(setup: BridgeSetup) -> None:
     port = setup.listen_port
     dead_kafka = f"127.0.0.1:{free_port()}"
-    config = setup.config("[health]\nstalled_after_s = 2\n")
+    config = setup.config("[health]\nstalled_after_s = 2\n", kafka_extra=QUICK_STOP)
     args = ["--kafka-bootstrap", dead_kafka]
     env = {"EDGE_BRIDGE_JWT_SECRET": SECRET}
     with BridgeProcess(config, args=args, env=env) as bridge:

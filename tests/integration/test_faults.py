@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bridge.core.spool_format import HEADER_SIZE, Stop, decode_frames, encode_frame
-from tests.integration.conftest import BridgeSetup
+from tests.integration.conftest import QUICK_STOP, BridgeSetup
 from tests.support import BridgeProcess, Tansu, publish_many, wait_until
 from tests.support.sequenced import (
     ACKED,
@@ -318,11 +318,12 @@ def test_sigterm_with_kafka_down_and_the_spool_full(
 ) -> None:
     """A graceful stop at the worst moment: Kafka unreachable, the spool full,
     acknowledgements held back, records still in the producer's queue when the
-    flush deadline passes (the default delivery timeout outlasts it).  The
+    flush deadline passes (the default delivery timeout outlasts it; the
+    deadline is 1 s here, the stop is the same at the default 10 s).  The
     bridge still exits 0; what it could not store stays unacknowledged, so
     mosquitto keeps it, and the next start, with Kafka up, delivers it all."""
     late = Tansu(tmp_path / "late-tansu")
-    config = set_kafka(setup.config(TINY_SPOOL), bootstrap=late.bootstrap)
+    config = set_kafka(setup.config(TINY_SPOOL, kafka_extra=QUICK_STOP), bootstrap=late.bootstrap)
     first = start(config)
     try:
         with publisher(setup) as pub:

@@ -59,6 +59,8 @@ def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
         ("[kafka]\nlinger_ms = -1\n", "kafka.linger_ms"),
         ("[kafka]\nqueue_max_messages = 0\n", "kafka.queue_max_messages"),
         ("[kafka]\ndelivery_timeout_ms = 0\n", "kafka.delivery_timeout_ms"),
+        ("[kafka]\nshutdown_flush_s = 0\n", "kafka.shutdown_flush_s"),
+        ("[kafka]\nshutdown_flush_s = 601\n", "kafka.shutdown_flush_s"),
         ("[limits]\nmax_payload_bytes = -5\n", "limits.max_payload_bytes"),
         ("[limits]\nmax_string_length = 0\n", "limits.max_string_length"),
         ("[limits]\nmax_segment_length = 0\n", "limits.max_segment_length"),
