@@ -604,8 +604,9 @@ class StreamEndpoint(_Section):
     ``"{role}"``, ``"{devices}"``, ``"{metrics}"``, ``"{groups}"`` and
     ``"{filters}"``; unset, today's ``connected`` message; ``send_welcome =
     false`` sends none.  ``status``: the body of ``status_path``, a template
-    with ``"{total_connections}"``, ``"{max_per_tenant}"``, ``"{per_tenant}"``
-    and ``"{kafka_state}"``; unset, the whole status.  ``sse_ids``: each SSE
+    with ``"{total_connections}"``, ``"{max_per_tenant}"``, ``"{per_tenant}"``,
+    ``"{kafka_state}"`` and ``"{malformed_records}"``; unset, the endpoint's
+    whole status.  ``sse_ids``: each SSE
     event's id is the Kafka ``cursor`` (resumable) or a per-connection
     ``counter``.
     """

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import trio
 
     from bridge.config import KafkaSettings
-    from bridge.stream.service import StreamService
+    from bridge.stream.service import EndpointStatus, StreamService
 
 log = structlog.get_logger(__name__)
 
@@ -193,20 +193,26 @@ class Endpoint:
         released(self.hub, client, remote, endpoint=self.name)
 
     # ----------------------------------------------------------------- status
-    def status_values(self) -> dict[str, object]:
+    def status(self) -> EndpointStatus:
+        from bridge.stream.service import EndpointStatus  # the service imports this module
+
         per_tenant = self.hub.per_tenant()
-        return {
-            "total_connections": sum(per_tenant.values()),
-            "max_per_tenant": self.hub.max_per_tenant,
-            "per_tenant": per_tenant,
-            "kafka_state": self.kafka_state,
-            "malformed_records": self.hub.malformed.total,
-        }
+        return EndpointStatus(
+            paths=self.plan.paths,
+            topics=list(self.plan.settings.source.topics),
+            kafka_state=self.kafka_state,
+            total_connections=sum(per_tenant.values()),
+            per_tenant=per_tenant,
+            max_per_tenant=self.hub.max_per_tenant,
+            malformed_records=self.hub.malformed.total,
+        )
 
     async def status_endpoint(self, request: Request, responder: Responder) -> None:
-        values = self.status_values()
+        """The endpoint's status path: its ``status`` template, or the whole
+        :class:`EndpointStatus`."""
+        status = self.status()
         if self.plan.status is not None:
-            body = render_status(self.plan.status, values)
+            body = render_status(self.plan.status, msgspec.structs.asdict(status))
         else:
-            body = msgspec.json.encode(values)
+            body = msgspec.json.encode(status)
         await responder.send(200, body, headers=self.cors_headers(request))

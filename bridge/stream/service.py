@@ -73,8 +73,21 @@ class PartitionStatus(msgspec.Struct):
     lag: int | None
 
 
-class StreamStatus(msgspec.Struct):
-    """``GET /api/stream/status``, and what the metrics read."""
+class EndpointStatus(msgspec.Struct):
+    """One ``[[streams]]`` endpoint in ``GET /api/stream/status``."""
+
+    paths: list[str]
+    topics: list[str]
+    kafka_state: KafkaState
+    total_connections: int
+    per_tenant: dict[str, int]
+    max_per_tenant: int
+    malformed_records: int
+
+
+class StreamStatus(msgspec.Struct, omit_defaults=True):
+    """``GET /api/stream/status``, and what the metrics read; ``endpoints``
+    only with ``[[streams]]`` (by name)."""
 
     total_connections: int
     per_tenant: dict[str, int]
@@ -88,6 +101,7 @@ class StreamStatus(msgspec.Struct):
     slow_disconnects: int
     malformed_records: int
     partitions: list[PartitionStatus]
+    endpoints: dict[str, EndpointStatus] | None = None
 
 
 class StreamSettingsError(ValueError):
@@ -263,6 +277,7 @@ class StreamService:
             events_dropped=sum(h.events_dropped for h in hubs),
             slow_disconnects=sum(h.slow_disconnects for h in hubs),
             malformed_records=sum(h.malformed.total for h in hubs),
+            endpoints={e.name: e.status() for e in self.endpoints} or None,
             partitions=partitions,
         )
 

@@ -232,6 +232,8 @@ def test_gps_passthrough_dashboard(setup: BridgeSetup) -> None:
                 wait_until(lambda: pings.count >= 2 or None, 15, "two WebSocket pings")
             status = httpx.get(http_url(setup, "/api/stream/status")).json()
             assert status["malformed_records"] >= 2
+            assert status["endpoints"]["gps"]["malformed_records"] >= 2
+            assert status["endpoints"]["gps"]["paths"] == ["/api/v1/stream"]
     finally:
         logger.removeHandler(pings)
 
