@@ -51,15 +51,26 @@ class PendingMessage:
 
     __slots__ = ("generation", "ingest", "mid", "remaining", "started")
 
-    def __init__(self, ingest: Ingest, generation: int, mid: int | None, remaining: int) -> None:
+    def __init__(
+        self, ingest: Ingest, generation: int, mid: int | None, remaining: int, started: float
+    ) -> None:
         self.ingest = ingest
         self.generation = generation
         self.mid = mid  # None for QoS 0: nothing to acknowledge
         self.remaining = remaining
-        self.started = time.monotonic()
+        self.started = started  # when its batch was received (time.monotonic)
 
     def delivered(self, error: Any, message: Any) -> None:
-        self.ingest.on_delivery(self, error, message)
+        """One delivery report.  The usual one, a success, is handled here
+        without further calls: this runs for every record."""
+        ingest = self.ingest
+        if error is not None:
+            ingest.on_delivery(self, error, message)
+            return
+        ingest.stats.produced[message.topic()] += 1
+        self.remaining -= 1
+        if not self.remaining:
+            ingest.finished(self)
 
     def stored(self) -> None:
         """One of its records is durably in the spool."""
@@ -97,6 +108,7 @@ class Ingest:
     def handle_batch(self, messages: list[InboundMessage], generation: int) -> None:
         """Normalize and produce one wake-up's messages (runs on the trio thread)."""
         now = Now(time.time_ns() // 1_000_000)
+        started = time.monotonic()
         process = self.normalizer.process
         produce = self.producer.produce
         stats = self.stats
@@ -133,7 +145,8 @@ class Ingest:
                 if qos1:
                     acks.append(message.mid)
                 continue
-            pending = PendingMessage(self, generation, message.mid if qos1 else None, len(records))
+            mid = message.mid if qos1 else None
+            pending = PendingMessage(self, generation, mid, len(records), started)
             stats.pending_messages += 1
             spool = self.spool
             feed = self.local_feed
@@ -236,8 +249,11 @@ class Ingest:
     def finish_one(self, pending: PendingMessage) -> None:
         """One record of ``pending`` is safe (in Kafka, or synced to the spool)."""
         pending.remaining -= 1
-        if pending.remaining:
-            return
+        if not pending.remaining:
+            self.finished(pending)
+
+    def finished(self, pending: PendingMessage) -> None:
+        """Every record of ``pending`` is safe: acknowledge it."""
         stats = self.stats
         stats.pending_messages -= 1
         stats.observe_latency(time.monotonic() - pending.started)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
+from math import isfinite
 from typing import Any
 
 import msgspec
@@ -107,11 +107,13 @@ _NO_ROUTE = Route(None, {}, None)
 class Now:
     """The receive time of a batch, read once by the caller and formatted once."""
 
-    __slots__ = ("epoch_ms", "iso")
+    __slots__ = ("epoch_ms", "iso", "received_at_header")
 
     def __init__(self, epoch_ms: int) -> None:
         self.epoch_ms = epoch_ms
         self.iso = format_ms(epoch_ms)
+        # The raw record's header, the same for every message of the batch.
+        self.received_at_header = ("received_at", self.iso.encode())
 
 
 class Outcome:
@@ -138,6 +140,14 @@ INTERNAL_ERROR = "internal_error"
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
+
+
+def _field(doc: dict[str, Any], keys: tuple[str, ...]) -> object:
+    """The value at ``keys`` in a decoded object, or MISSING; a one-level path
+    (most of them) is one ``dict.get``, without :func:`get_path`'s loop."""
+    if len(keys) == 1:
+        return doc.get(keys[0], MISSING)
+    return get_path(doc, keys)
 
 
 def payload_text(payload: bytes) -> tuple[str, str]:
@@ -359,11 +369,14 @@ class Normalizer:
         try:
             self._check_identity(mapping, doc, tenant, device)
             ts_ms = self._event_ms(mapping, doc, now)
-            event_id = self._optional_text(mapping.event_id, segments, doc, "event_id")
-            if event_id is not None and self._is_repeat(mapping, tenant, device, event_id, now):
-                outcome.duplicate = True
-                return
-            quality = self._optional_text(mapping.quality, segments, doc, "quality")
+            event_id = quality = None
+            if mapping.event_id is not None:
+                event_id = self._optional_text(mapping.event_id, segments, doc, "event_id")
+                if event_id is not None and self._is_repeat(mapping, tenant, device, event_id, now):
+                    outcome.duplicate = True
+                    return
+            if mapping.quality is not None:
+                quality = self._optional_text(mapping.quality, segments, doc, "quality")
         except Refusal as refusal:
             self._dead(mapping, topic, payload, now, refusal, key, outcome)
             return
@@ -373,22 +386,28 @@ class Normalizer:
         received_at = now.iso
         records = outcome.records
         try:
-            readings = list(self._readings(mapping, segments, doc))
+            readings = self._readings(mapping, segments, doc)
         except Refusal as refusal:
             self._dead(mapping, topic, payload, now, refusal, key, outcome)
             return
         allowed = self.plan.allowed_metrics.get((tenant, device))
+        # Without a catalog or a per-device list there is nothing to check per
+        # metric: skip the call (it runs for every metric of every message).
+        checked = allowed is not None or bool(self.catalog)
+        alarms = self.alarms if self.alarms.rules else None
+        clean_topic = mapping.clean_topic
         for reading in readings:
             if isinstance(reading, Refusal):
                 self._dead(mapping, topic, payload, now, reading, key, outcome)
                 continue
             name, value, metric_type, unit, metric_quality = reading
-            try:
-                unit = self._check_metric(name, value, metric_type, unit, allowed)
-            except Refusal as refusal:
-                refusal.metric = name
-                self._dead(mapping, topic, payload, now, refusal, key, outcome)
-                continue
+            if checked:
+                try:
+                    unit = self._check_metric(name, value, metric_type, unit, allowed)
+                except Refusal as refusal:
+                    refusal.metric = name
+                    self._dead(mapping, topic, payload, now, refusal, key, outcome)
+                    continue
             record = CleanRecord(
                 tenant=tenant,
                 device_serial_id=device,
@@ -402,13 +421,17 @@ class Normalizer:
                 event_id=event_id,
                 quality=metric_quality or quality,
             )
-            records.append(Outgoing(mapping.clean_topic, key, _encode(record), headers))
+            records.append(Outgoing(clean_topic, key, _encode(record), headers))
             outcome.clean += 1
-            if self.alarms and metric_type == "numeric" and not isinstance(value, bool | str):
-                for alarm in self.alarms.observe(tenant, device, name, value, ts_ms, ts):
+            if (
+                alarms is not None
+                and metric_type == "numeric"
+                and not isinstance(value, bool | str)
+            ):
+                for alarm in alarms.observe(tenant, device, name, value, ts_ms, ts):
                     records.append(Outgoing(self.alarms_topic, key, _encode(alarm), headers))
         if mapping.raw_topic is not None:
-            raw_headers = [*headers, ("received_at", received_at.encode())]
+            raw_headers = [*headers, now.received_at_header]
             records.append(Outgoing(mapping.raw_topic, key, payload, raw_headers))
 
     def _identify(
@@ -461,7 +484,7 @@ class Normalizer:
     def _schema_version(self, mapping: MappingPlan, doc: dict[str, Any]) -> int:
         if mapping.schema_version_field is None:
             return 1
-        version = get_path(doc, mapping.schema_version_field)
+        version = _field(doc, mapping.schema_version_field)
         if version is MISSING:
             raise Refusal("schema_version_unsupported", "schema_version is missing")
         if isinstance(version, bool) or not isinstance(version, int):
@@ -495,7 +518,7 @@ class Normalizer:
         self, mapping: MappingPlan, doc: dict[str, Any], tenant: str, device: str
     ) -> None:
         if mapping.device_field is not None:
-            claimed = get_path(doc, mapping.device_field)
+            claimed = _field(doc, mapping.device_field)
             if claimed is not MISSING and claimed != device:
                 raise Refusal(
                     "device_mismatch",
@@ -521,7 +544,7 @@ class Normalizer:
                 )
 
     def _event_ms(self, mapping: MappingPlan, doc: dict[str, Any], now: Now) -> int:
-        raw = get_path(doc, mapping.ts_field) if mapping.ts_field is not None else MISSING
+        raw = _field(doc, mapping.ts_field) if mapping.ts_field is not None else MISSING
         if raw is MISSING or raw is None:
             if mapping.ts_required:
                 raise Refusal("invalid_ts", "the event time is missing and the mapping requires it")
@@ -549,65 +572,81 @@ class Normalizer:
 
     def _readings(
         self, mapping: MappingPlan, segments: dict[str, str], doc: dict[str, Any]
-    ) -> Iterator[Reading | Refusal]:
+    ) -> list[Reading | Refusal]:
         """Each metric of the message, or a Refusal for one that cannot be read.
-        A Refusal raised (not yielded) concerns the whole message."""
+        A Refusal raised (not returned) concerns the whole message.  Lists, not
+        generators: a generator frame per message costs more than the list."""
         if mapping.metrics_object is not None:
-            yield from self._object_readings(mapping, doc)
-        elif mapping.single is not None:
-            yield self._single_reading(mapping, segments, doc)
-        else:
-            yield from self._declared_readings(mapping, doc)
+            return self._object_readings(mapping, doc)
+        if mapping.single is not None:
+            return [self._single_reading(mapping, segments, doc)]
+        return self._declared_readings(mapping, doc)
 
     def _object_readings(
         self, mapping: MappingPlan, doc: dict[str, Any]
-    ) -> Iterator[Reading | Refusal]:
+    ) -> list[Reading | Refusal]:
         assert mapping.metrics_object is not None
-        metrics = get_path(doc, mapping.metrics_object)
-        where = ".".join(mapping.metrics_object)
+        metrics = _field(doc, mapping.metrics_object)
         if metrics is MISSING or not isinstance(metrics, dict) or not metrics:
+            where = ".".join(mapping.metrics_object)
             raise Refusal("missing_metrics", f"{where} must be a non-empty object")
         if len(metrics) > self.max_metrics:
+            where = ".".join(mapping.metrics_object)
             raise Refusal(
                 "too_many_metrics",
                 f"{where} has {len(metrics)} metrics, the limit is {self.max_metrics}",
             )
+        readings: list[Reading | Refusal] = []
+        max_segment = self.max_segment
         for name, raw in metrics.items():
-            if not name or len(name) > self.max_segment:
-                yield Refusal(
-                    "invalid_metric_name", f"metric name {shown(name)} is empty or too long", name
+            if not name or len(name) > max_segment:
+                readings.append(
+                    Refusal(
+                        "invalid_metric_name",
+                        f"metric name {shown(name)} is empty or too long",
+                        name,
+                    )
                 )
+                continue
+            # A finite float, the usual metric, without the call (typed_value's
+            # first answer for it would be the same).
+            if raw.__class__ is float and isfinite(raw):
+                readings.append((name, raw, "numeric", None, None))
                 continue
             try:
                 value, metric_type = typed_value(raw, self.max_string)
             except Refusal as refusal:
-                yield Refusal(refusal.reason, f"{where}.{name}: {refusal.detail}", name)
+                where = ".".join(mapping.metrics_object)
+                readings.append(Refusal(refusal.reason, f"{where}.{name}: {refusal.detail}", name))
                 continue
-            yield name, value, metric_type, None, None
+            readings.append((name, value, metric_type, None, None))
+        return readings
 
     def _declared_readings(
         self, mapping: MappingPlan, doc: dict[str, Any]
-    ) -> Iterator[Reading | Refusal]:
+    ) -> list[Reading | Refusal]:
+        readings: list[Reading | Refusal] = []
         present = 0
         for metric in mapping.declared:
-            raw = get_path(doc, metric.path)
+            raw = _field(doc, metric.path)
             if raw is MISSING or raw is None:
                 if metric.required:
                     field = ".".join(metric.path)
-                    yield Refusal("missing_field", f"{field} is missing", metric.name)
+                    readings.append(Refusal("missing_field", f"{field} is missing", metric.name))
                 continue
             present += 1
             try:
                 value, metric_type = metric.coerce(raw)
             except Refusal as refusal:
-                yield Refusal(refusal.reason, refusal.detail, metric.name)
+                readings.append(Refusal(refusal.reason, refusal.detail, metric.name))
                 continue
-            yield metric.name, value, metric_type, metric.unit, None
+            readings.append((metric.name, value, metric_type, metric.unit, None))
         if not present:
             # Only optional fields, none of them sent: nothing to report per metric,
             # and the message must not pass as valid with no metric at all.
             fields = ", ".join(".".join(m.path) for m in mapping.declared)
             raise Refusal("missing_metrics", f"none of the declared fields is present ({fields})")
+        return readings
 
     def _single_reading(
         self, mapping: MappingPlan, segments: dict[str, str], doc: dict[str, Any]
@@ -621,7 +660,7 @@ class Normalizer:
             raise Refusal(
                 "invalid_metric_name", f"metric name {shown(name)} is missing, empty or too long"
             )
-        raw = get_path(doc, single.value_path)
+        raw = _field(doc, single.value_path)
         if raw is MISSING or raw is None:
             raise Refusal("missing_metrics", f"{'.'.join(single.value_path)} is missing")
         try:
