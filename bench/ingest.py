@@ -118,6 +118,8 @@ class IngestResult:
     ack_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # events logged at warning or above
     summaries: list[str] = field(default_factory=list)  # each daemon's own count at exit
+    # The daemons' worst-case memory from their settings (bridge/memory_budget.py)
+    worst_case_mib: float = 0.0
 
     @property
     def exact(self) -> str:
@@ -295,6 +297,7 @@ def measure_ingest(
             ack_ms=bucket_quantiles(acks_before, acks_after),
             warnings=sut.warnings(),
             summaries=sut.summaries(),
+            worst_case_mib=round(getattr(sut, "worst_case_mib", 0.0), 1),
         )
 
 

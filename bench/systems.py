@@ -24,6 +24,9 @@ from bench.stream_fanout import SECRET as STREAM_SECRET
 from tests.support import BridgeProcess, Mosquitto, Tansu, free_port, write_config
 
 BENCH_DIR = Path(__file__).resolve().parent
+#: A Kafka record of the bench's load: 200-byte payload (raw) or a clean
+#: record, with key and 4-5 headers.
+RECORD_BYTES = 320
 _BUCKET = re.compile(
     r'^edge_bridge_kafka_delivery_seconds_bucket\{le="(?P<le>[^"]+)"\} (?P<count>\S+)$', re.M
 )
@@ -133,6 +136,17 @@ class Bridges:
             for i in range(count)
         ]
         self.processes: list[BridgeProcess] = []
+        # Imported here, not at the top: the load and probe processes import
+        # this module when they start (spawn), and must start quickly.
+        from bridge.config import load_config
+        from bridge.memory_budget import MIB, memory_budget
+
+        #: Each daemon's worst-case memory computed from its settings, MiB
+        #: (bridge/memory_budget.py), printed beside the measured peak.
+        self.worst_case_mib = sum(
+            memory_budget(load_config(path).config, record_bytes=RECORD_BYTES).total / MIB
+            for path in self.configs
+        )
 
     @property
     def pids(self) -> list[int]:

@@ -33,6 +33,7 @@ from bridge.io.kafka_logs import librdkafka_logger
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient
 from bridge.logs import SampledLog
+from bridge.memory_budget import CONSUMER_PREFETCH
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,7 @@ class CommandForwarder:
             "session.timeout.ms": m.session_timeout_ms,
             "heartbeat.interval.ms": max(m.session_timeout_ms // 3, 100),
             "reconnect.backoff.max.ms": 10_000,
+            **CONSUMER_PREFETCH,  # bounded in bytes (bridge/memory_budget.py)
         }
         conf.update(kafka.properties)
         conf["logger"] = librdkafka_logger(f"commands-{m.name}")

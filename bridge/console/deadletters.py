@@ -168,6 +168,10 @@ class DeadLetterFeed:
             return
         self._publish(value, "kafka")
 
+    def skipped(self, records: int) -> None:
+        """The consumer skipped records it fell behind on: the feed shows the
+        newest dead letters, nothing to tell."""
+
     def publish_local(self, records: Iterable[Outgoing]) -> None:
         """The records of one message ingest refused in part or whole; its
         dead letters are shown while Kafka does not feed this feed."""

@@ -47,6 +47,7 @@ import structlog
 import trio
 from confluent_kafka import (
     OFFSET_END,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -58,6 +59,7 @@ from bridge.config import KafkaSettings, StreamSettings
 from bridge.core.events import Positions, iso_utc
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.logs import SampledLog
+from bridge.memory_budget import CONSUMER_PREFETCH
 
 
 class RecordSink(Protocol):
@@ -71,6 +73,8 @@ class RecordSink(Protocol):
     def publish_kafka(
         self, topic: str, partition: int, offset: int, value: bytes | None, sent_at: str
     ) -> None: ...
+
+    def skipped(self, records: int) -> None: ...
 
 
 #: How a shared sink takes one record: topic, partition, offset, value,
@@ -88,6 +92,8 @@ class SharedSink(Protocol):
     kafka_feeding: bool
     wants_headers: bool
 
+    def skipped(self, records: int) -> None: ...
+
     @property
     def publish_kafka(self) -> SharedPublish: ...
 
@@ -102,6 +108,9 @@ OFFSET_QUERY_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
+#: A batch whose newest record is older than this (its Kafka timestamp) shows
+#: a stream that fell behind: it skips to the end of every partition.
+MAX_BEHIND_S = 10.0
 
 
 def fetch(consumer: Consumer, batch: int, timeout: float) -> list[Message]:
@@ -118,6 +127,14 @@ def fetch(consumer: Consumer, batch: int, timeout: float) -> list[Message]:
         return first
     rest: list[Message] = consumer.consume(batch - 1, 0)
     return first + rest
+
+
+def _age_s(message: Message) -> float:
+    """Seconds since the record's Kafka timestamp (0 when it has none)."""
+    kind, stamp_ms = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or stamp_ms <= 0:
+        return 0.0
+    return time.time() - stamp_ms / 1000
 
 
 def default_group_id() -> str:
@@ -144,6 +161,11 @@ def consumer_config(kafka: KafkaSettings, stream: StreamSettings, group_id: str)
         "topic.metadata.refresh.interval.ms": 5000,
         # A live stream: do not let an idle fetch sit on new records.
         "fetch.wait.max.ms": 100,
+        # Prefetch bounded in bytes (bridge/memory_budget.py): librdkafka's own
+        # defaults queue up to 100,000 records per partition and 64 MiB, which
+        # a stream that falls behind a saturated ingest fills, for records no
+        # client may ever get.  Past these bounds librdkafka stops fetching.
+        **CONSUMER_PREFETCH,
         # librdkafka retries a down broker every 100 ms by default; back off to 10 s.
         "reconnect.backoff.max.ms": 10_000,
         **kafka.properties,
@@ -273,6 +295,8 @@ class KafkaSource:
                 return notes.fatal
             if messages:
                 self._publish(messages)
+                if _age_s(messages[-1]) > MAX_BEHIND_S:
+                    self._skip_to_present(consumer)
 
     def _apply(self, notes: _ThreadNotes) -> None:
         for topic, partition, offset in notes.assigned:
@@ -357,6 +381,40 @@ class KafkaSource:
             error=f"{type(exc).__name__}: {str(exc)[:200]}",
             exc_info=exc,
         )
+
+    def _skip_to_present(self, consumer: Consumer) -> None:
+        """Behind by more than MAX_BEHIND_S: rather than deliver ever older
+        records (while librdkafka holds the next ones, up to its prefetch
+        bound), go to the end of every assigned partition; the hub tells the
+        clients how many records they miss, as with ``lagged``.  A resuming
+        SSE client replays the gap from Kafka.  The ingest is not involved."""
+        skipped = 0
+        for topic, partition in sorted(self.assigned):
+            position = self._hub.positions.get(topic, {}).get(partition)
+            try:
+                # The end as the last fetch saw it (no round trip), rather than
+                # the logical end, which is resolved later and would also skip
+                # what arrives meanwhile.
+                _low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
+                )
+                if high is None or high < 0 or position is None or high <= position:
+                    continue
+                consumer.seek(TopicPartition(topic, partition, high))
+            except KafkaException as exc:
+                self._kafka_errors(code="skip_failed", error=str(exc))
+                continue
+            skipped += high - position
+        if not skipped:
+            return
+        log.warning(
+            "stream.skipped_to_present",
+            records=skipped,
+            behind_s=MAX_BEHIND_S,
+            hint="the stream could not keep up with the topic; clients were told",
+        )
+        for sink in self._sinks:
+            sink.skipped(skipped)
 
     def _record_error(self, message: Message, error: KafkaError) -> None:
         if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART and message.topic():

@@ -203,6 +203,16 @@ class ClientQueue:
         self._items.append(event)
         self._wakeup.set()
 
+    def skipped(self, records: int) -> None:
+        """The stream skipped ``records`` it had fallen behind on: the client is
+        told like a drop (``lagged``), which counts not against its own lag:
+        it did not fall behind, the stream did."""
+        if self.kicked or records <= 0:
+            return
+        self._dropped_pending += records
+        self.dropped_total += records
+        self._wakeup.set()
+
     def clear(self) -> None:
         """Forget what is queued (an SSE resume reads it from Kafka instead)."""
         self._items.clear()
@@ -305,6 +315,7 @@ class Hub:
         self._local_values: Values = {}
         self._newest_local_from = 0
         self.events_dropped = 0
+        self.records_skipped = 0
         self.slow_disconnects = 0
         self.malformed = SampledLog("stream.malformed_record")
 
@@ -356,6 +367,13 @@ class Hub:
 
     def _count_drop(self) -> None:
         self.events_dropped += 1
+
+    def skipped(self, records: int) -> None:
+        """The Kafka consumer fell behind and skipped ``records`` to read the
+        present again (bridge/stream/consumer.py): every client is told."""
+        self.records_skipped += records
+        for client in chain(self._everyone, *self._by_tenant.values()):
+            client.queue.skipped(records)
 
     def positions_copy(self) -> Positions:
         return {topic: dict(parts) for topic, parts in self.positions.items()}

@@ -35,6 +35,7 @@ from bridge.core.events import (
 )
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.logs import SampledLog
+from bridge.memory_budget import CONSUMER_PREFETCH
 from bridge.stream.consumer import CLOSE_TIMEOUT_S, CONSUME_TIMEOUT_S, fetch
 
 #: A replay's Kafka errors, one per failing fetch of every resuming client:
@@ -86,6 +87,7 @@ def _consumer(kafka: KafkaSettings, stream: StreamSettings) -> Consumer:
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 100,
+            **CONSUMER_PREFETCH,  # bounded in bytes, as the live stream's
             **kafka.properties,
             **stream.consumer_properties,
             "logger": librdkafka_logger("stream-replay"),

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
+import trio
+from confluent_kafka import Producer
 from trio_websocket import open_websocket_url
 
 from bridge.io.http import ListenError
+from bridge.stream.consumer import MAX_BEHIND_S
 from bridge.stream.service import run_stream
 from tests.integration.test_stream_clients import (
     SseClient,
@@ -102,6 +106,41 @@ async def test_malformed_records_are_counted_and_skipped(tansu: Tansu, unique: s
     assert event["data"]["device_serial_id"] == "GOOD"
     assert status.malformed_records == len(bad)
     assert event["event_id"] == f"{topic}:0:{len(bad)}"
+
+
+async def test_a_stream_behind_skips_to_the_present_and_says_how_many(
+    tansu: Tansu, unique: str
+) -> None:
+    """Records older than MAX_BEHIND_S show a stream that fell behind: after
+    the batch that shows it, the consumer goes to the end of every partition
+    and the clients get ``lagged`` with the records skipped, instead of an
+    ever older stream (and librdkafka's prefetch full of it)."""
+    topic = f"clean.behind.{unique}"
+    create_topic(tansu.bootstrap, topic, partitions=1)
+    old_ms = int((time.time() - 10 * MAX_BEHIND_S) * 1000)
+    config = stream_config(tansu.bootstrap, topic, consume_batch=1)
+    async with running_stream(config) as stream:
+        async with open_websocket_url(stream.ws_url(token=token(role="admin"))) as ws:
+            await next_json(ws)
+            producer = Producer({"bootstrap.servers": tansu.bootstrap, "linger.ms": 1})
+            for n in range(5):
+                producer.produce(topic, clean_record("t1", f"OLD{n}"), timestamp=old_ms)
+            assert producer.flush(20) == 0
+            seen: list[str] = []
+            lagged = 0
+            with trio.fail_after(20):
+                while "NOW" not in seen:
+                    message = await next_json(ws)
+                    if message["type"] == "lagged":
+                        lagged += message["dropped"]
+                        produce(tansu.bootstrap, topic, [clean_record("t1", "NOW")])
+                    elif message["type"] == "telemetry.update":
+                        seen.append(message["data"]["device_serial_id"])
+        skipped = stream.service.hub.records_skipped
+    # The first old record shows the stream behind: the other four are
+    # skipped and the clients told; the present comes through.
+    assert seen == ["OLD0", "NOW"]
+    assert lagged == skipped == 4
 
 
 async def test_status_endpoint(tansu: Tansu, unique: str) -> None:

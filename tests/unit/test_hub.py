@@ -94,6 +94,22 @@ async def test_catching_up_resets_the_count_towards_the_bound() -> None:
     assert queue.dropped_total == 8
 
 
+async def test_records_the_stream_skipped_are_told_to_every_client_without_a_kick() -> None:
+    hub = Hub(max_per_tenant=10)
+    everyone, tenant = client(Filters(tenant=None)), client(Filters(tenant="t1"))
+    hub.register(everyone)
+    hub.register(tenant)
+    tenant.queue.max_drops = 5
+    tenant.queue.put(event(1))
+    hub.skipped(50)  # more than max_drops: the stream fell behind, not the client
+    assert hub.records_skipped == 50
+    for c in (everyone, tenant):
+        batch = await c.queue.next_batch(0)
+        assert batch.dropped == 50 and not batch.kicked
+    assert [e.offset for e in (await tenant.queue.next_batch(0)).events] == []
+    assert tenant.queue.dropped_total == 50
+
+
 async def test_the_sender_waits_for_events_and_wakes_on_one() -> None:
     queue = ClientQueue(10, max_drops=10)
     got: list[list[int]] = []
