@@ -171,6 +171,14 @@ class Authenticator:
         # (event, hint) pairs: logged by whoever puts this authenticator to
         # use, printed by check-config, which builds one only to check it.
         self.warnings: list[tuple[str, str]] = []
+        if self.jwks is not None and all(_is_hmac(a) for a in settings.algorithms):
+            self.warnings.append(
+                (
+                    "auth.jwks_unused",
+                    "an identity provider's keys verify RS256/ES256 tokens: "
+                    'list them in auth.algorithms (algorithms = ["RS256"])',
+                )
+            )
         if self._secret is not None and len(self._secret.encode()) < MIN_SECRET_BYTES:
             self.warnings.append(
                 ("auth.weak_secret", f"use an HMAC secret of at least {MIN_SECRET_BYTES} bytes")
@@ -195,7 +203,8 @@ class Authenticator:
     @property
     def configured(self) -> bool:
         """Whether any allowed algorithm has a key, i.e. some token can pass."""
-        if self.jwks is not None and self.jwks.has_keys:
+        asymmetric = any(not _is_hmac(a) for a in self._settings.algorithms)
+        if self.jwks is not None and self.jwks.has_keys and asymmetric:
             return True
         return any(self._key_for(a) is not None for a in self._settings.algorithms)
 

@@ -147,9 +147,15 @@ def test_jwks_file(tmp_path: Path) -> None:
     # A token without a kid is checked against the only key.
     plain = jwt.encode({"exp": int(time.time()) + 60, "role": "admin"}, key, algorithm="RS256")
     assert auth.claims(plain)["role"] == "admin"
+    good = tmp_path / "good.json"
+    good.write_text(path.read_text())
     path.write_text("{nope")
     with pytest.raises(AuthConfigError, match=r"auth\.jwks_file"):
         Authenticator(AuthSettings(algorithms=["RS256"], jwks_file=str(path)))
+    assert [event for event, _ in Authenticator(AuthSettings(jwks_file=str(good))).warnings] == [
+        "auth.jwks_unused",
+        "auth.no_key",
+    ]
     with pytest.raises(AuthConfigError, match="only one of"):
         Authenticator(AuthSettings(algorithms=["RS256"], jwks_file=str(path), jwks_url="http://x/"))
 
