@@ -38,6 +38,9 @@ WINDOW = 30_000
 #: Seconds of traffic a fixed-rate run may have outstanding before it stalls
 #: (a system that cannot keep up then shows a lower achieved rate).
 FIXED_RATE_BACKLOG_S = 5
+#: How long the load may take to deliver its first message (processes spawned,
+#: connections made) before the warm-up starts anyway.
+FIRST_DELIVERY_TIMEOUT_S = 60
 
 _spawn = multiprocessing.get_context("spawn")
 
@@ -251,6 +254,9 @@ def measure_ingest(
                 "probe": [probe.pid] if counted_on_kafka and probe.pid is not None else [],
             }
         )
+        # The warm-up counts from the first delivery: the publisher processes
+        # take seconds to start on a busy machine, which is not warm-up.
+        _wait_for_count(delivered, 1, timeout=FIRST_DELIVERY_TIMEOUT_S)
         time.sleep(timing.warmup)  # the windows are wall-clock time: nothing to wait on
         t0, d0 = time.monotonic(), delivered.value
         cpu.start(t0)

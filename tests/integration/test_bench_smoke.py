@@ -21,8 +21,8 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
         [
             sys.executable,
             str(REPO_ROOT / "bench" / "run.py"),
-            "--duration=3",
-            "--warmup=2",
+            "--duration=1",
+            "--warmup=0.5",
             "--only=qos1,naive-qos1,paho-qos1",
             f"--json={out}",
         ],
