@@ -45,7 +45,9 @@ The contract with the caller
   removed): ``append``, ``sync`` and ``probe`` raise :class:`SpoolUnavailable`
   after rolling back to the last successful ``sync``: every record appended
   since is forgotten (none was reported durable, so none was acknowledged), a
-  segment opened since is deleted, the active one truncated to its synced size.
+  segment opened since is deleted, the active one truncated to its synced size
+  (a frame the full disk took only part of included) and sealed: later
+  records go to a new segment.
   A failed fsync is never retried into success: Linux reports a writeback error
   once and may have dropped the pages, so the records it covered are written
   again, not trusted.  Where the rollback itself fails (the truncate or unlink
@@ -557,13 +559,27 @@ class Spool:
             return
         active = self._active
         assert active is not None, "a segment is opened before the first frame"
-        data = memoryview(b"".join(frames))
+        try:
+            self._write_all(active, b"".join(frames))
+        finally:
+            # Even when the write failed: its numbers are used (a frame of them
+            # may be in the file), so the rollback skips them and seals this
+            # segment; later records go to a new one, never behind a torn frame.
+            active.end_seq += len(frames)
+            self._next_seq += len(frames)
+
+    def _write_all(self, segment: _Segment, data: bytes) -> None:
+        """Write ``data`` at the end of the active ``segment``.  Every byte that
+        reached the file counts in ``segment.size`` even when a later write
+        fails: a full disk takes part of a frame (a short write) before it
+        refuses, and the rollback must see that the file grew to cut it off."""
+        view = memoryview(data)
         written = 0
-        while written < len(data):
-            written += self._fs.write(self._active_fd, data[written:])
-        active.size += len(data)
-        active.end_seq += len(frames)
-        self._next_seq += len(frames)
+        try:
+            while written < len(view):
+                written += self._fs.write(self._active_fd, view[written:])
+        finally:
+            segment.size += written
 
     def _open_segment(self) -> None:
         """Seal the active segment (fsync, so only the newest can be torn) and
@@ -578,12 +594,12 @@ class Spool:
         # rollback whose unlink failed, and is overwritten.
         assert all(s.path != path for s in self._segments), path
         fd = self._fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
-        segment = _Segment(self._next_seq, path, HEADER_SIZE, HEADER_SIZE, self._next_seq)
+        segment = _Segment(self._next_seq, path, 0, HEADER_SIZE, self._next_seq)
         self._segments.append(segment)
         self._created.append(segment)
         self._active, self._active_fd = segment, fd
         self._dir_dirty = True
-        self._fs.write(fd, SEGMENT_HEADER)  # registered first: a failure rolls it back
+        self._write_all(segment, SEGMENT_HEADER)  # registered first: a failure rolls it back
 
     def _close_active(self) -> None:
         fd, self._active, self._active_fd = self._active_fd, None, -1
@@ -686,6 +702,9 @@ class Spool:
             segment.end_seq = point.end_seq
         self._dir_dirty = True
         first_unsynced = self._durable_seq + 1
+        # Every write since the sync, failed ones included, used numbers (see
+        # _write): so whenever the file may hold bytes past the sync point,
+        # torn or not cut off, the active segment is sealed here.
         if self._next_seq > first_unsynced:
             if self._active is not None:
                 self._close_active()  # its next frame would not follow its last one

@@ -18,18 +18,22 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from bridge.core.spool_format import HEADER_SIZE
 from bridge.io.spool import READ_ATTEMPTS, FileOps, Spool, SpoolEntry, SpoolUnavailable
-from tests.unit.test_spool import SEGMENT, open_spool, read_all, rec, seg_files
+from tests.unit.test_spool import FRAME, SEGMENT, open_spool, read_all, rec, seg_files
 
 
 class FailingFs(FileOps):
     """Real file calls, except those named in ``failing``, which raise the
-    given errno (as many times as ``remaining`` says, or forever)."""
+    given errno (as many times as ``remaining`` says, or forever).  ``room``:
+    the bytes the disk still takes; a write beyond it is short, the next one
+    raises ENOSPC, as a full tmpfs or ext4 does."""
 
     def __init__(self) -> None:
         self.failing: dict[str, int] = {}
         self.remaining: dict[str, int] = {}
         self.calls: Counter[str] = Counter()
+        self.room: int | None = None
 
     def fail(self, call: str, code: int = errno.EIO, times: int = -1) -> None:
         self.failing[call] = code
@@ -37,6 +41,7 @@ class FailingFs(FileOps):
 
     def heal(self) -> None:
         self.failing.clear()
+        self.room = None
 
     def _check(self, call: str) -> None:
         self.calls[call] += 1
@@ -51,7 +56,13 @@ class FailingFs(FileOps):
 
     def write(self, fd: int, data: bytes | memoryview) -> int:
         self._check("write")
-        return super().write(fd, data)
+        if self.room is None:
+            return super().write(fd, data)
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = super().write(fd, data[: self.room])
+        self.room -= written
+        return written
 
     def pread(self, fd: int, size: int, offset: int) -> bytes:
         self._check("pread")
@@ -280,3 +291,60 @@ def test_close_after_a_failed_sync_releases_the_lock(tmp_path: Path) -> None:
     assert [e["event"] for e in logs] == ["spool.closed_unsynced", "spool.closed"]
     with open_spool(tmp_path) as reopened:
         assert values(read_all(reopened)) == [rec(1).value]
+
+
+@pytest.mark.parametrize(
+    ("room", "truncate_fails"),
+    [
+        (1, False),  # a few bytes of the first frame
+        (FRAME // 2, False),
+        (FRAME + 3, False),  # the first frame whole, the second torn
+        (FRAME // 2, True),  # and the rollback's truncate refused too
+    ],
+)
+def test_a_short_write_on_a_full_disk_leaves_nothing_in_front_of_later_records(
+    tmp_path: Path, room: int, truncate_fails: bool
+) -> None:
+    """The disk fills in the middle of a frame of the active segment (the
+    write is short, the next one fails): the torn bytes are not durable, but
+    the records appended and synced after the disk has room again must not
+    land behind them, where the reader would take them for damage."""
+    fs = FailingFs()
+    with failing_spool(tmp_path, fs) as spool, capture_logs() as logs:
+        stored(spool, 1, 2)  # segment 1 holds 1 and 2, room for two more
+        fs.room = room
+        if truncate_fails:
+            fs.fail("ftruncate", times=1)
+        with pytest.raises(SpoolUnavailable) as full:
+            spool.append([rec(3), rec(4)])
+        assert full.value.no_space
+        fs.heal()
+        last = stored(spool, 5, 3)  # the disk has room again
+        assert values(read_all(spool)) == [rec(i).value for i in (1, 2, 5, 6, 7)]
+        assert spool.stats().corrupt_total == 0
+    with open_spool(tmp_path) as reopened:  # and after a restart (nothing acked)
+        entries = read_all(reopened)
+        assert values(entries) == [rec(i).value for i in (1, 2, 5, 6, 7)]
+        assert entries[-1].seq == last
+        # A torn frame the refused truncate left in the sealed segment reads as
+        # damage after a restart: only the two numbers never synced (3 and 4).
+        assert reopened.stats().corrupt_total == (2 if truncate_fails else 0)
+    assert "spool.corrupt_records" not in [e["event"] for e in logs]
+
+
+def test_the_disk_filling_at_any_byte_of_a_batch_loses_nothing_synced(tmp_path: Path) -> None:
+    """The same at every byte where the disk can fill while a batch is written
+    across a rotation (the sealed segment's tail, the new segment's header,
+    its frames): what was synced before and after reads back whole."""
+    batch = 2 * FRAME + HEADER_SIZE + 2 * FRAME
+    for room in range(0, batch, 3):
+        fs = FailingFs()
+        with failing_spool(tmp_path / str(room), fs) as spool:
+            stored(spool, 1, 2)
+            fs.room = room
+            with pytest.raises(SpoolUnavailable):
+                spool.append([rec(i) for i in range(3, 7)])  # 3, 4 | 5, 6 in a new segment
+            fs.heal()
+            stored(spool, 7, 3)
+            assert values(read_all(spool)) == [rec(i).value for i in (1, 2, 7, 8, 9)], room
+            assert spool.stats().corrupt_total == 0, room
