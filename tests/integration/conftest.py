@@ -11,6 +11,11 @@ import pytest
 
 from tests.support import Mosquitto, Tansu, free_port, write_config
 
+STREAM_SESSION_MS = 1500
+"""stream.session_timeout_ms in the test config: the stream's consumers join
+their group sooner, and a daemon stops about 2 s sooner (closing a consumer
+waits for its next heartbeat, a third of the session: 2 s by default)."""
+
 
 @dataclass
 class BridgeSetup:
@@ -71,6 +76,7 @@ bootstrap = "{self.tansu.bootstrap}"
 
 [stream]
 topics = ["{self.clean}"]
+session_timeout_ms = {STREAM_SESSION_MS}
 
 [spool]
 path = "{self.workdir / "spool"}"

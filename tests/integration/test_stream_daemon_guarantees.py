@@ -39,12 +39,10 @@ ENV = {"EDGE_BRIDGE_JWT_SECRET": SECRET}
 
 
 def stream_daemon_config(setup: BridgeSetup, stream: str = "") -> Path:
-    """This test's config with a short group session (a fast assignment) and
+    """This test's config (with its short group session: a fast assignment) and
     ``stream`` keys added to [stream]."""
     config = setup.config()
-    text = config.read_text().replace(
-        "[stream]\n", f"[stream]\nsession_timeout_ms = 1500\n{stream}"
-    )
+    text = config.read_text().replace("[stream]\n", f"[stream]\n{stream}")
     config.write_text(text)
     return config
 
