@@ -204,7 +204,21 @@ class Bridges:
         return [event for p in self.processes for event in p.events("bridge.stopped")]
 
 
-class Naive:
+class _SilentSystem:
+    """A system under test that keeps no log, histogram or summary of its own
+    for the bench to read (the naive baseline, the paho reference)."""
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def delivery_histogram(self) -> dict[str, float]:
+        return {}
+
+    def summaries(self) -> list[str]:
+        return []
+
+
+class Naive(_SilentSystem):
     """bench/naive_bridge.py as a child process."""
 
     def __init__(
@@ -227,15 +241,6 @@ class Naive:
     def pids(self) -> list[int]:
         assert self._proc is not None
         return [self._proc.pid]
-
-    def warnings(self) -> list[str]:
-        return []
-
-    def delivery_histogram(self) -> dict[str, float]:
-        return {}
-
-    def summaries(self) -> list[str]:
-        return []
 
     def __enter__(self) -> Naive:
         workdir = self.log_path.parent
@@ -262,7 +267,7 @@ class Naive:
                 proc.wait()
 
 
-class PahoSink:
+class PahoSink(_SilentSystem):
     """bench/paho_sink.py as a child process; it counts what it receives into
     ``received`` (the value the closed-loop publishers read)."""
 
@@ -278,15 +283,6 @@ class PahoSink:
     @property
     def pids(self) -> list[int]:
         return [self._proc.pid] if self._proc.pid is not None else []
-
-    def warnings(self) -> list[str]:
-        return []
-
-    def delivery_histogram(self) -> dict[str, float]:
-        return {}
-
-    def summaries(self) -> list[str]:
-        return []
 
     def __enter__(self) -> PahoSink:
         self._proc.start()

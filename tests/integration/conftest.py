@@ -39,6 +39,18 @@ class BridgeSetup:
     def dlq(self) -> str:
         return f"dlq.{self.unique}"
 
+    @property
+    def telemetry_mapping(self) -> str:
+        """The default telemetry mapping, writing to this test's topics (TOML)."""
+        return f"""
+[[mappings]]
+name = "telemetry"
+[mappings.kafka]
+clean_topic = "{self.clean}"
+raw_topic = "{self.raw}"
+dead_letter_topic = "{self.dlq}"
+"""
+
     def config(
         self,
         extra: str = "",
@@ -53,14 +65,7 @@ class BridgeSetup:
         ``mqtt_extra`` (keys) change the [mqtt] table, ``kafka_extra`` (keys)
         the [kafka] table."""
         if mappings is None:
-            mappings = f"""
-[[mappings]]
-name = "telemetry"
-[mappings.kafka]
-clean_topic = "{self.clean}"
-raw_topic = "{self.raw}"
-dead_letter_topic = "{self.dlq}"
-"""
+            mappings = self.telemetry_mapping
         text = f"""
 listen = "127.0.0.1:{self.listen_port}"
 alarms_topic = "alarms.{self.unique}"

@@ -18,14 +18,7 @@ VALID = 5
 
 
 def test_poison_messages_are_dead_letters_and_the_daemon_goes_on(setup: BridgeSetup) -> None:
-    mappings = f"""
-[[mappings]]
-name = "telemetry"
-[mappings.kafka]
-clean_topic = "{setup.clean}"
-raw_topic = "{setup.raw}"
-dead_letter_topic = "{setup.dlq}"
-
+    mappings = setup.telemetry_mapping + f"""
 [[mappings]]
 name = "epoch_seconds"
 mqtt = {{ topic = "epoch/{{tenant}}/{{device}}" }}
