@@ -739,7 +739,8 @@ def read_problem(exc: OSError) -> str:
 
 def _read_toml(path: Path) -> object:
     """A TOML file as plain data; any way the file can be unusable (missing,
-    a directory, unreadable, not UTF-8, not TOML) is a ConfigError naming it."""
+    a directory, unreadable, not UTF-8, not TOML, nested deeper than the
+    recursive TOML parser can follow) is a ConfigError naming it."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -752,6 +753,9 @@ def _read_toml(path: Path) -> object:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except RecursionError:
+        # tomllib descends once per nested array or inline table.
+        raise ConfigError([f"{path}: not usable TOML: arrays or tables nested too deep"]) from None
 
 
 _T = TypeVar("_T")

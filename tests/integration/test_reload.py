@@ -213,6 +213,23 @@ def _corruptions(files: _Files) -> list[tuple[str, Callable[[], None], str]]:
             f"{include}: not UTF-8",
         ),
         (
+            "include half-written",  # cut inside its first quoted string
+            lambda: include.write_bytes(
+                files.good[include][: files.good[include].index(b'"') + 3]
+            ),
+            f"{include}: not valid TOML",
+        ),
+        (
+            "include nested 3,000 deep",
+            lambda: include.write_bytes(b"x = " + b"[" * 3000 + b"]" * 3000 + b"\n"),
+            f"{include}: not usable TOML",
+        ),
+        (
+            "a 300-digit number",
+            _edit(main, "[mqtt]\n", "[mqtt]\nreconnect_max_s = 1" + "0" * 300 + "\n"),
+            "mqtt.reconnect_max_s",
+        ),
+        (
             "include a directory",
             lambda: _replace_with_directory(include),
             f"{include}: is a directory",

@@ -120,6 +120,13 @@ def test_not_toml_and_missing_files(tmp_config: WriteConfig, tmp_path: Path) -> 
     assert config_errors(tmp_path / "nope.toml") == [f"{tmp_path / 'nope.toml'}: file not found"]
 
 
+def test_toml_nested_deeper_than_the_parser_follows_is_named(tmp_config: WriteConfig) -> None:
+    path = tmp_config("x = " + "[" * 3000 + "]" * 3000 + "\n")
+    assert config_errors(path) == [
+        f"{path}: not usable TOML: arrays or tables nested too deep"
+    ]
+
+
 def test_errors_in_several_included_files_are_all_reported_with_their_file(
     tmp_config: WriteConfig, tmp_path: Path
 ) -> None:
