@@ -11,6 +11,7 @@ acknowledgement is sent as soon as the new filters apply.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING
 
 import trio
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 
 #: Bound on the closing handshake; a client that does not answer is cut off.
 CLOSE_TIMEOUT_S = 2.0
+#: The same bound while the daemon stops.  Shutdown cancels trio-websocket's
+#: reader task together with this session, so the client's close reply can no
+#: longer be read and waiting for it only delays the exit (by the whole
+#: CLOSE_TIMEOUT_S, for every stop with a client connected).  The close frame
+#: itself is written at once; this is just time for it to leave.
+SHUTDOWN_CLOSE_TIMEOUT_S = 0.1
 #: A close frame's reason must fit in 123 bytes.
 MAX_REASON = 120
 GOING_AWAY = 1001
@@ -157,5 +164,7 @@ async def websocket_session(service: Gate, request: Request, ws_request: WebSock
         code, reason = INTERNAL_ERROR, "internal error"
     finally:
         if ws.closed is None:
-            with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+            stopping = trio.current_effective_deadline() == -math.inf
+            timeout = SHUTDOWN_CLOSE_TIMEOUT_S if stopping else CLOSE_TIMEOUT_S
+            with trio.move_on_after(timeout, shield=True):
                 await ws.aclose(code, reason[:MAX_REASON])
