@@ -13,6 +13,7 @@ duplicate (more), and the result says so.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from bench.kafka_probe import count_records, run_probe
 from bench.machine import CpuWindow, peak_rss_mib, rss_mib
 from bench.mqtt_load import DEVICES, LoadSpec, run_publisher
+from bench.shared_scaling import LAYOUTS, ProcessSplit, pin, roles
 from bench.systems import Bridges, Naive, PahoSink, Settings, Topics
 from tests.support import Mosquitto, Tansu
 
@@ -73,6 +75,7 @@ class Phase:
     instances: int = 1  # bridges sharing one subscription
     settings: Settings = field(default_factory=dict)  # bridge config beyond the defaults
     sparkplug: bool = False  # Sparkplug B DDATA (10 aliased metrics) instead of JSON
+    pinning: str = ""  # a core layout of bench/shared_scaling.py LAYOUTS; "" = unpinned
 
     def start(
         self,
@@ -123,6 +126,11 @@ class IngestResult:
     summaries: list[str] = field(default_factory=list)  # each daemon's own count at exit
     # The daemons' worst-case memory from their settings (bridge/memory_budget.py)
     worst_case_mib: float = 0.0
+    # Cores per process over the window, the daemons' Python threads apart
+    # (bench/shared_scaling.py ProcessSplit); each daemon's messages and peak RSS.
+    split: dict[str, float] = field(default_factory=dict)
+    each: list[dict[str, float]] = field(default_factory=list)
+    pinning: str = ""
 
     @property
     def exact(self) -> str:
@@ -254,20 +262,31 @@ def measure_ingest(
                 "probe": [probe.pid] if counted_on_kafka and probe.pid is not None else [],
             }
         )
+        split = ProcessSplit(
+            roles(
+                sut.pids, mosquitto.pid, tansu.pid, [p.pid for p in publishers if p.pid],
+                [probe.pid] if counted_on_kafka and probe.pid is not None else [],
+            )
+        )  # fmt: skip
+        if phase.pinning:
+            pin(LAYOUTS[phase.pinning], split.named, sorted(os.sched_getaffinity(0)))
         # The warm-up counts from the first delivery: the publisher processes
         # take seconds to start on a busy machine, which is not warm-up.
         _wait_for_count(delivered, 1, timeout=FIRST_DELIVERY_TIMEOUT_S)
         time.sleep(timing.warmup)  # the windows are wall-clock time: nothing to wait on
         t0, d0 = time.monotonic(), delivered.value
         cpu.start(t0)
+        split.start(t0)
         if phase.latency:
             latency_from.value = time.time_ns()
         spy = _py_spy(sut.pids[0], timing.duration, profile) if profile else None
         acks_before = sut.delivery_histogram()
         time.sleep(timing.duration)
         t1, d1 = time.monotonic(), delivered.value
-        acks_after = sut.delivery_histogram()
+        # CPU first: what the histogram's HTTP requests take is not the window's.
         cores = cpu.stop(t1)
+        per_process = split.stop(t1)
+        acks_after = sut.delivery_histogram()
         latency_from.value = 0
         rss_now = sum(rss_mib(pid) for pid in sut.pids)
 
@@ -277,7 +296,7 @@ def measure_ingest(
         for process in publishers:
             process.join(60)
         total = sum(v.value for v in published)
-        peak = sum(peak_rss_mib(pid) for pid in sut.pids)
+        peaks = [peak_rss_mib(pid) for pid in sut.pids]
         if counted_on_kafka:
             stop_probe.value = 1
             to_timestamp = results_in.recv() if results_in.poll(30) else b""
@@ -297,14 +316,27 @@ def measure_ingest(
             published=total,
             on_kafka=on_kafka,
             rss_mib=round(rss_now, 1),
-            peak_rss_mib=round(peak, 1),
+            peak_rss_mib=round(sum(peaks), 1),
             cpu=cores,
             latency_ms=percentiles(to_timestamp),
             ack_ms=bucket_quantiles(acks_before, acks_after),
             warnings=sut.warnings(),
             summaries=sut.summaries(),
             worst_case_mib=round(getattr(sut, "worst_case_mib", 0.0), 1),
+            split=per_process,
+            each=_each(sut, peaks),
+            pinning=phase.pinning,
         )
+
+
+def _each(sut: System, peaks: list[float]) -> list[dict[str, float]]:
+    """Per process of the system: its peak RSS and, for daemons, the messages
+    it received (its own count at exit): how a shared subscription split."""
+    out = [{"peak_rss_mib": round(peak, 1)} for peak in peaks]
+    if isinstance(sut, Bridges):
+        for entry, event in zip(out, sut.stopped_events(), strict=False):
+            entry["received"] = float(str(event.get("received", 0)))
+    return out
 
 
 def _wait_for_count(counter: Synchronized[int], want: int, timeout: float) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bench.ingest import IngestResult
+from bench.shared_scaling import scaling_rows
 
 TARGETS = {
     "qos1": ">= 40,000",
@@ -120,10 +121,11 @@ def ingest_rows(results: Mapping[str, IngestResult], latency_rate: int) -> list[
             TARGETS["rss"],
         )
     )
-    others = ("naive", "sh", "paho")
-    bridge_rss = [r.peak_rss_mib for n, r in results.items() if not n.startswith(others)]
+    # One daemon's runs: those of several sum their daemons (scaling_rows has each).
+    one = [r for n, r in results.items() if not n.startswith(("naive", "paho")) and len(r.each) < 2]
+    bridge_rss = [r.peak_rss_mib for r in one]
     naive_rss = [r.peak_rss_mib for n, r in results.items() if n.startswith("naive")]
-    bridge_bound = [r.worst_case_mib for n, r in results.items() if not n.startswith(others)]
+    bridge_bound = [r.worst_case_mib for r in one]
     rows.append(
         _row(
             "peak RSS of the daemon in any run (full load included), MiB; "
@@ -149,16 +151,6 @@ def ingest_rows(results: Mapping[str, IngestResult], latency_rate: int) -> list[
                     "",
                 )
             )
-    if "shared-qos1" in results:
-        rows.append(
-            _row(
-                "2 bridges sharing one subscription, QoS 1, msgs/s",
-                _rate(rate("shared-qos1")),
-                "",
-                _ratio(rate("shared-qos1"), rate("qos1")) + " of one",
-                "",
-            )
-        )
     return rows
 
 
@@ -201,6 +193,7 @@ def table(
         if r.worst_case_mib:
             rss += f" (worst case {r.worst_case_mib:.0f})"
         lines.append(_row(r.name, r.offered, r.exact, rss, cores))
+    lines += scaling_rows(results)
     warned = {r.name: r.warnings for r in results.values() if r.warnings}
     for name, events in warned.items():
         lines.append(f"\nwarnings logged in {name}: {', '.join(events)}")

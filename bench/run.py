@@ -70,7 +70,13 @@ INGEST_PHASES: dict[str, Phase] = {
     # The reference every run is compared to: a paho subscriber that only
     # receives and acknowledges (bench/paho_sink.py).
     "paho-qos1": Phase("paho", qos=1),
-    "shared-qos1": Phase("bridge", qos=1, instances=2),
+    # Scaling on one gateway (bench/shared_scaling.py): two daemons on one MQTT 5
+    # shared subscription, and runs pinned to cores that check the projection.
+    "qos1-shared2": Phase("bridge", qos=1, instances=2),
+    "qos1-shared2-no-stream": Phase("bridge", qos=1, instances=2, settings=NO_STREAM),
+    "qos1-pin-split": Phase("bridge", qos=1, pinning="split"),
+    "qos1-shared2-pin-split": Phase("bridge", qos=1, instances=2, pinning="split"),
+    "qos1-shared2-pin-own": Phase("bridge", qos=1, instances=2, pinning="own"),
     # Sparkplug B: DDATA naming 10 metrics by alias (bench/mqtt_load.py SparkplugLoad).
     "spb-qos1": Phase("bridge", qos=1, sparkplug=True),
     "spb-qos1-no-stream": Phase("bridge", qos=1, settings=NO_STREAM, sparkplug=True),

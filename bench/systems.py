@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
+from signal import SIGTERM
 from types import TracebackType
 
 from bench.paho_sink import run_sink
@@ -153,18 +154,25 @@ class Bridges:
         return [p.pid for p in self.processes]
 
     def __enter__(self) -> Bridges:
-        for config in self.configs:
-            process = BridgeProcess(config)
-            self.processes.append(process)
-            process.wait_for_event("bridge.ready", timeout=30)
+        # All started before any is waited for, and all signalled before any
+        # stop is waited for: a daemon's start and stop take seconds each.
+        self.processes = [BridgeProcess(config) for config in self.configs]
+        try:
+            for process in self.processes:
+                process.wait_for_event("bridge.ready", timeout=30)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for process in self.processes:
-            if process.returncode is None:
-                process.stop()
+        running = [p for p in self.processes if p.returncode is None]
+        for process in running:
+            process.send_signal(SIGTERM)
+        for process in running:
+            process.wait()
 
     def delivery_histogram(self) -> dict[str, float]:
         """The daemons' histogram of MQTT receive -> every record acknowledged

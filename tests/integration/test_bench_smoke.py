@@ -23,7 +23,7 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
             str(REPO_ROOT / "bench" / "run.py"),
             "--duration=1",
             "--warmup=0.5",
-            "--only=qos1,naive-qos1,paho-qos1",
+            "--only=qos1,naive-qos1,paho-qos1,qos1-shared2",
             f"--json={out}",
         ],
         stdout=subprocess.PIPE,
@@ -58,8 +58,23 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
         re.M,
     ), run.stdout
 
+    # Two daemons on one shared subscription: their row with the same-run
+    # ratios to one daemon and to the reference (a rate may be 0 on a machine
+    # this busy, so the counts below are what is checked).
+    assert re.search(
+        r"^\| qos1-shared2 \| [\d,]+ \| (\d+\.\d\dx of qos1|-) \| (\d+\.\d\dx|-) \|",
+        run.stdout,
+        re.M,
+    ), run.stdout
+    assert "PROJECTION to 4 cores" in run.stdout
+
     results = json.loads(out.read_text())["results"]
-    for name in ("qos1", "naive-qos1", "paho-qos1"):
+    shared = results["qos1-shared2"]
+    received = [daemon["received"] for daemon in shared["each"]]
+    assert len(received) == 2
+    assert min(received) > 0, received  # the broker handed each daemon a share
+    assert sum(received) == shared["published"], received
+    for name in ("qos1", "naive-qos1", "paho-qos1", "qos1-shared2"):
         result = results[name]
         assert result["published"] > 0
         # QoS 1: every message the broker accepted is on Kafka, exactly once.
