@@ -16,7 +16,7 @@ not depend on the machine at all):
 * ``normalize``: the above, plus the default ``telemetry`` mapping run by
   the core (bridge/core/normalize.py): 2 clean records and 1 raw record per
   message;
-* ``ingest``: the above through :class:`bridge.ingest.Ingest`, producing
+* ``ingest``: the above through :class:`bridge.ingest.pipeline.Ingest`, producing
   every record with the daemon's :class:`KafkaProducer` to a Tansu started
   for the run (or ``--bootstrap``), delivery reports and the QoS 1
   acknowledgement bookkeeping included, until every message is
@@ -134,9 +134,9 @@ def run(stage: str, messages: int, bootstrap: str) -> tuple[int, float]:
     producer: Any = None
     acks = Acks()
     if stage == "ingest":
-        from bridge.ingest import Ingest
+        from bridge.ingest.pipeline import Ingest
+        from bridge.ingest.stats import IngestStats
         from bridge.io.kafka_producer import KafkaProducer
-        from bridge.stats import IngestStats
 
         assert core is not None
         producer = KafkaProducer(KafkaSettings(bootstrap=bootstrap))

@@ -124,7 +124,7 @@ class IngestResult:
     ack_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # events logged at warning or above
     summaries: list[str] = field(default_factory=list)  # each daemon's own count at exit
-    # The daemons' worst-case memory from their settings (bridge/memory_budget.py)
+    # The daemons' worst-case memory from their settings (bridge/ops/memory_budget.py)
     worst_case_mib: float = 0.0
     # Cores per process over the window, the daemons' Python threads apart
     # (bench/shared_scaling.py ProcessSplit); each daemon's messages and peak RSS.

@@ -141,7 +141,7 @@ def serve(args: argparse.Namespace) -> None:
         StreamSource,
     )
     from bridge.core.plan import compile_config
-    from bridge.logs import configure
+    from bridge.ops.logs import configure
     from bridge.stream.service import run_stream
 
     configure("json", "warning")

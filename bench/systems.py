@@ -140,10 +140,10 @@ class Bridges:
         # Imported here, not at the top: the load and probe processes import
         # this module when they start (spawn), and must start quickly.
         from bridge.config import load_config
-        from bridge.memory_budget import MIB, memory_budget
+        from bridge.ops.memory_budget import MIB, memory_budget
 
         #: Each daemon's worst-case memory computed from its settings, MiB
-        #: (bridge/memory_budget.py), printed beside the measured peak.
+        #: (bridge/ops/memory_budget.py), printed beside the measured peak.
         self.worst_case_mib = sum(
             memory_budget(load_config(path).config, record_bytes=RECORD_BYTES).total / MIB
             for path in self.configs

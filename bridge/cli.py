@@ -22,7 +22,7 @@ from bridge.console import first_run
 from bridge.core.plan import Plan, PlanError, compile_config
 from bridge.core.trial import try_message
 from bridge.io.http import parse_listen
-from bridge.logs import configure
+from bridge.ops.logs import configure
 from bridge.runtime import Runtime, build_runtime, host_problems
 
 EXIT_CONFIG = 2

@@ -7,11 +7,11 @@ Wiring, in start order:
 2. the embedded MQTT broker, when the config asks for it or nothing answers at
    the default local address;
 3. the Kafka producer's delivery-report task, and the disk spool with its
-   writer and drain tasks (:mod:`bridge.store_forward`);
+   writer and drain tasks (:mod:`bridge.ingest.store_forward`);
 4. the listen address: WebSocket and SSE stream, status, ``/metrics``,
    ``/healthz`` and ``/readyz`` (503 until the next step is done), the console
    page and its endpoints (:mod:`bridge.console`), and the progress sampler;
-5. the MQTT client, which feeds :class:`bridge.ingest.Ingest`;
+5. the MQTT client, which feeds :class:`bridge.ingest.pipeline.Ingest`;
 6. the Kafka-to-MQTT command forwarders;
 7. with ``--watch-config``, the task that reloads when a config file changes
    (:mod:`bridge.config_watch`).
@@ -39,9 +39,8 @@ import msgspec
 import structlog
 import trio
 
-from bridge import health, metrics
 from bridge.auth import AuthConfigError, Authenticator
-from bridge.commands import CommandForwarder
+from bridge.commands.relay import CommandForwarder
 from bridge.config import Config, ConfigError, redacted
 from bridge.config_watch import Watch, watch_config
 from bridge.console import first_run
@@ -49,17 +48,18 @@ from bridge.console.api import Console, ConsoleSources, HealthInputs
 from bridge.console.deadletters import DeadLetterFeed, dead_letter_topics
 from bridge.console.progress import Counters, ProgressTracker, stalled_reasons
 from bridge.core.normalize import Normalizer
-from bridge.ingest import Ingest
+from bridge.ingest.pipeline import Ingest
+from bridge.ingest.sparkplug_store import StateSaver, load_state
+from bridge.ingest.stats import IngestStats
+from bridge.ingest.store_forward import READ_ONLY, StoreAndForward
 from bridge.io import sdnotify
 from bridge.io.embedded_broker import run_embedded_broker
 from bridge.io.http import ListenError, Request, Responder
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
 from bridge.io.spool import Spool, SpoolError, SpoolStats, describe
+from bridge.ops import health, metrics
 from bridge.runtime import Runtime, spool_path
-from bridge.sparkplug_store import StateSaver, load_state
-from bridge.stats import IngestStats
-from bridge.store_forward import READ_ONLY, StoreAndForward
 from bridge.stream.consumer import KafkaSource
 from bridge.stream.service import StreamService, StreamSettingsError, run_stream
 

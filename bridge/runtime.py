@@ -47,7 +47,7 @@ from bridge.io.http import ListenError, parse_listen
 from bridge.io.kafka_producer import producer_config
 from bridge.io.mqtt import parse_mqtt_url
 from bridge.io.tls import TlsConfigError, client_context
-from bridge.logs import level_number
+from bridge.ops.logs import level_number
 from bridge.stream.consumer import consumer_config
 from bridge.stream.service import StreamSettingsError, check_settings
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from bridge import health
 from bridge.auth import Authenticator, Principal, Refused, find_token
 from bridge.config import Config
 from bridge.console import assets
@@ -32,6 +31,7 @@ from bridge.console.progress import ProgressTracker
 from bridge.core.plan import Plan
 from bridge.core.trial import try_message
 from bridge.io.http import Request, Responder, Router
+from bridge.ops import health
 
 HEALTH_PATH = "/api/console/health"
 MAPPINGS_PATH = "/api/console/mappings"

@@ -1,6 +1,6 @@
 """When a command record's Kafka offset may be committed: a sans-IO state machine.
 
-The Kafka-to-MQTT path (:mod:`bridge.commands`) promises at-least-once: a
+The Kafka-to-MQTT path (:mod:`bridge.commands.relay`) promises at-least-once: a
 record's offset is committed only once the MQTT broker acknowledged its
 publish (PUBACK for QoS 1), or its dead-letter record was delivered to Kafka.
 Offsets are committed per partition for the longest prefix of records that
@@ -12,7 +12,7 @@ feeds it what happened:
 
 - :meth:`CommandOffsets.consumed`: a record was consumed; the answer is the
   action to take for it, :class:`Publish` or :class:`DeadLetter` (decided by
-  the pure :class:`bridge.core.commands.CommandPlan`);
+  the pure :class:`bridge.core.command_plan.CommandPlan`);
 - :meth:`CommandOffsets.acknowledged`: the broker acknowledged a publish, or
   Kafka a dead letter (in any order: PUBACKs of QoS 1 publishes may come
   back out of order across partitions and reconnects);
@@ -35,8 +35,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bridge.core.coerce import Refusal
-from bridge.core.commands import CommandPlan
-from bridge.core.commands import Publish as Resolved
+from bridge.core.command_plan import CommandPlan
+from bridge.core.command_plan import Publish as Resolved
 from bridge.core.normalize import INTERNAL_ERROR
 
 

@@ -10,9 +10,9 @@ carry out the actions it returns (:class:`Produce`, :class:`Spool`,
 :class:`SpoolActive`, :class:`SpoolDrained`, :class:`SpoolBypassed`).
 
 The rules it encodes are those of docs/operations.md, today carried out by
-:mod:`bridge.ingest` (``Ingest.handle_batch``, ``_not_taken``, ``_spool``,
+:mod:`bridge.ingest.pipeline` (``Ingest.handle_batch``, ``_not_taken``, ``_spool``,
 ``on_delivery``, ``finish_one``, ``after_reports``, ``take_back``),
-:mod:`bridge.store_forward` (``activate``, ``usable``, ``refusing``, the drain
+:mod:`bridge.ingest.store_forward` (``activate``, ``usable``, ``refusing``, the drain
 round's release and deactivation, ``_mark_available``) and the daemon's
 wiring of the producer's state to the spool:
 

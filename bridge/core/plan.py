@@ -25,7 +25,7 @@ from bridge.config import (
     Source,
 )
 from bridge.core.coerce import Coercer, make_coercer
-from bridge.core.commands import CommandPlan, compile_command
+from bridge.core.command_plan import CommandPlan, compile_command
 from bridge.core.extract import Getter, field_path, make_getter
 from bridge.core.sparkplug import NAMESPACE, SPARKPLUG_SEGMENTS
 from bridge.core.timestamps import Parser, TimestampError, make_parser

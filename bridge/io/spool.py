@@ -18,7 +18,7 @@ The contract with the caller
   every record up to some sequence number, ``ack_through(seq)`` records that in
   the cursor file and deletes the segments that are fully delivered.  A
   record is read once per process: a caller whose produce failed keeps the
-  record and produces it again (see :mod:`bridge.store_forward`).
+  record and produces it again (see :mod:`bridge.ingest.store_forward`).
 * Delivery is at-least-once.  Duplicates appear only for records that were
   produced to Kafka but not yet covered by an ``ack_through`` when the process
   died (the ones in flight: at most what the caller read and did not ack).

@@ -58,8 +58,8 @@ from confluent_kafka import (
 from bridge.config import KafkaSettings, StreamSettings
 from bridge.core.events import Positions, iso_utc
 from bridge.io.kafka_logs import librdkafka_logger
-from bridge.logs import SampledLog
-from bridge.memory_budget import CONSUMER_PREFETCH
+from bridge.ops.logs import SampledLog
+from bridge.ops.memory_budget import CONSUMER_PREFETCH
 
 
 class RecordSink(Protocol):
@@ -161,7 +161,7 @@ def consumer_config(kafka: KafkaSettings, stream: StreamSettings, group_id: str)
         "topic.metadata.refresh.interval.ms": 5000,
         # A live stream: do not let an idle fetch sit on new records.
         "fetch.wait.max.ms": 100,
-        # Prefetch bounded in bytes (bridge/memory_budget.py): librdkafka's own
+        # Prefetch bounded in bytes (bridge/ops/memory_budget.py): librdkafka's own
         # defaults queue up to 100,000 records per partition and 64 MiB, which
         # a stream that falls behind a saturated ingest fills, for records no
         # client may ever get.  Past these bounds librdkafka stops fetching.

@@ -34,8 +34,8 @@ from bridge.core.events import (
     sse_frame,
 )
 from bridge.io.kafka_logs import librdkafka_logger
-from bridge.logs import SampledLog
-from bridge.memory_budget import CONSUMER_PREFETCH
+from bridge.ops.logs import SampledLog
+from bridge.ops.memory_budget import CONSUMER_PREFETCH
 from bridge.stream.consumer import CLOSE_TIMEOUT_S, CONSUME_TIMEOUT_S, fetch
 
 #: A replay's Kafka errors, one per failing fetch of every resuming client:

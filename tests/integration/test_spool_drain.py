@@ -16,10 +16,10 @@ from structlog.testing import capture_logs
 
 from bridge.config import KafkaSettings
 from bridge.core.records import Outgoing
+from bridge.ingest.stats import IngestStats
+from bridge.ingest.store_forward import StoreAndForward
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.spool import Spool
-from bridge.stats import IngestStats
-from bridge.store_forward import StoreAndForward
 from tests.support import async_wait_until, kafka_read
 from tests.support.mock_cluster import MockCluster
 

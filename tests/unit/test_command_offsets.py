@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bridge.config import CommandMapping
 from bridge.core.coerce import Refusal
 from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight, Publish
-from bridge.core.commands import CommandPlan, compile_command
+from bridge.core.command_plan import CommandPlan, compile_command
 
 GOOD = b'{"tenant": "t1", "device": "d1", "cmd": "reboot"}'
 BAD = b"not json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from bridge.console.progress import Counters, ProgressTracker, stalled_reasons
-from bridge.health import HealthState, not_ready_reasons
+from bridge.ops.health import HealthState, not_ready_reasons
 
 IDLE = Counters(received=0, acked=0, dead_letters=0, waiting=0, spool_appended=0, spool_pending=0)
 

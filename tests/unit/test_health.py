@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from bridge.config import SpoolSettings
-from bridge.health import HealthState, Response, liveness, readiness, spool_state
+from bridge.ops.health import HealthState, Response, liveness, readiness, spool_state
 
 RUNNING = HealthState(
     started=True, stopping=False, mqtt_connected=True, kafka_state="up", spool="accepting"

@@ -20,10 +20,10 @@ from bridge.core.json_depth import nesting_depth
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.plan import Plan, PlanError
 from bridge.core.timestamps import format_ms
-from bridge.ingest import Ingest
+from bridge.ingest.pipeline import Ingest
+from bridge.ingest.stats import IngestStats
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt_wire import InboundMessage
-from bridge.stats import IngestStats
 from tests.unit.core_fixtures import MAPPINGS, NOW, REPO, plan_from, reasons, values
 
 WriteConfig = Callable[..., Path]

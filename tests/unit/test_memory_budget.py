@@ -1,4 +1,4 @@
-"""The worst-case memory computed from the settings (bridge/memory_budget.py),
+"""The worst-case memory computed from the settings (bridge/ops/memory_budget.py),
 and the consumers' prefetch bounded in bytes by default."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from bridge.config import Config, DeviceSpec, KafkaSettings, StreamSettings, load_config
-from bridge.memory_budget import (
+from bridge.ops.memory_budget import (
     BASELINE_BYTES,
     CONSUMER_PREFETCH,
     LIBRDKAFKA_RECORD_BYTES,

@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import AlarmRule, MetricSpec
 from bridge.core.alarms import AlarmEvaluator
+from bridge.ingest.stats import IngestStats
 from bridge.io.spool import SpoolStats
-from bridge.metrics import FAMILIES, Sources, build_registry, render
-from bridge.stats import IngestStats
+from bridge.ops.metrics import FAMILIES, Sources, build_registry, render
 from bridge.stream.service import PartitionStatus, StreamStatus
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,11 +12,11 @@ from bridge.core.normalize import Normalizer
 from bridge.core.sparkplug import decode_payload, parse_topic
 from bridge.core.sparkplug_state import SparkplugState
 from bridge.daemon import state_dir
-from bridge.ingest import Ingest
+from bridge.ingest.pipeline import Ingest
+from bridge.ingest.sparkplug_store import FILE_NAME, StateSaver, load_state
+from bridge.ingest.stats import IngestStats
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt_wire import InboundMessage
-from bridge.sparkplug_store import FILE_NAME, StateSaver, load_state
-from bridge.stats import IngestStats
 from tests.support import sparkplug_encoder as enc
 from tests.unit.core_fixtures import MAPPINGS, plan_from
 

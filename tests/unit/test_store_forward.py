@@ -23,10 +23,10 @@ from structlog.testing import capture_logs
 
 from bridge.config import KafkaSettings
 from bridge.core.records import Outgoing
+from bridge.ingest.stats import IngestStats
+from bridge.ingest.store_forward import StoreAndForward, Waiter
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.spool import Spool
-from bridge.stats import IngestStats
-from bridge.store_forward import StoreAndForward, Waiter
 from tests.support import async_wait_until
 from tests.unit.test_spool_failures import FailingFs
 

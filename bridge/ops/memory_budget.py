@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from bridge.config import Config
 from bridge.core.normalize import CACHE_ENTRIES
-from bridge.store_forward import DRAIN_BATCH
+from bridge.ingest.store_forward import DRAIN_BATCH
 from bridge.stream.hub import LOCAL_MEMORY
 
 MIB = 1 << 20

@@ -1,7 +1,7 @@
 """Prometheus exposition of the daemon's counters, read at scrape time.
 
 The data path never touches prometheus-client: it bumps plain ints and dicts in
-:class:`bridge.stats.IngestStats` (an attribute increment, nothing else), and
+:class:`bridge.ingest.stats.IngestStats` (an attribute increment, nothing else), and
 the other parts keep their own counters.  A custom collector turns those into
 metric families only when ``/metrics`` is scraped, so a message costs no
 ``Counter.inc()``, no label lookup and no lock, and the exposition format stays
@@ -38,7 +38,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from bridge.stats import IngestStats
+from bridge.ingest.stats import IngestStats
 
 PREFIX = "edge_bridge_"
 
@@ -200,7 +200,7 @@ class AlarmView(Protocol):
 
 class CommandView(Protocol):
     """One Kafka-to-MQTT command mapping's counters
-    (:class:`bridge.commands.CommandForwarder` has these attributes)."""
+    (:class:`bridge.commands.relay.CommandForwarder` has these attributes)."""
 
     @property
     def published(self) -> int: ...

@@ -8,7 +8,7 @@ all acknowledgements of one batch of reports go out in one write.
 
 When Kafka cannot take a record (delivery failed after the delivery timeout,
 or librdkafka's queue is full), the record goes to the disk spool
-(:mod:`bridge.store_forward`) and counts as delivered once the spool has synced
+(:mod:`bridge.ingest.store_forward`) and counts as delivered once the spool has synced
 it.  With the spool disabled, a failed record is produced again (an outage
 longer than the timeout costs duplicates, never loss) and QoS 0 messages that
 find the queue full are dropped and counted rather than stalling MQTT.  QoS 0
@@ -36,12 +36,12 @@ import structlog
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.records import Outgoing
 from bridge.core.sparkplug_mapping import SparkplugMapper
+from bridge.ingest.stats import IngestStats
+from bridge.ingest.store_forward import StoreAndForward, Waiter
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient
 from bridge.io.mqtt_wire import InboundMessage
-from bridge.logs import SampledLog
-from bridge.stats import IngestStats
-from bridge.store_forward import StoreAndForward, Waiter
+from bridge.ops.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 
@@ -218,7 +218,7 @@ class Ingest:
 
     def take_back(self, record: Outgoing, waiter: Waiter) -> None:
         """A record held for a spool that became unavailable: to Kafka, as if it
-        had never been queued for the spool (see :mod:`bridge.store_forward`)."""
+        had never been queued for the spool (see :mod:`bridge.ingest.store_forward`)."""
         assert isinstance(waiter, PendingMessage)
         if self._overflow or not self.producer.produce(record, waiter):
             self._not_taken(record, waiter)

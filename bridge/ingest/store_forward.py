@@ -49,9 +49,9 @@ import structlog
 import trio
 
 from bridge.core.records import Outgoing
+from bridge.ingest.stats import IngestStats
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.spool import Spool, SpoolEntry, SpoolError, SpoolFull, SpoolUnavailable, describe
-from bridge.stats import IngestStats
 
 log = structlog.get_logger(__name__)
 

@@ -25,15 +25,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from bridge.config import KafkaSettings
 from bridge.core.coerce import Refusal
 from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight
-from bridge.core.commands import CommandPlan
+from bridge.core.command_plan import CommandPlan
 from bridge.core.normalize import Now, payload_text
 from bridge.core.records import DeadLetter as DeadLetter_
 from bridge.core.records import Outgoing
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient
-from bridge.logs import SampledLog
-from bridge.memory_budget import CONSUMER_PREFETCH
+from bridge.ops.logs import SampledLog
+from bridge.ops.memory_budget import CONSUMER_PREFETCH
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +78,7 @@ class CommandForwarder:
             "session.timeout.ms": m.session_timeout_ms,
             "heartbeat.interval.ms": max(m.session_timeout_ms // 3, 100),
             "reconnect.backoff.max.ms": 10_000,
-            **CONSUMER_PREFETCH,  # bounded in bytes (bridge/memory_budget.py)
+            **CONSUMER_PREFETCH,  # bounded in bytes (bridge/ops/memory_budget.py)
         }
         conf.update(kafka.properties)
         conf["logger"] = librdkafka_logger(f"commands-{m.name}")
