@@ -44,8 +44,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.mqtt_load import DEVICES, device_name, payload, topic_for  # noqa: E402
-from bridge.config import KafkaSettings  # noqa: E402
 from bridge.core.normalize import Normalizer, Now  # noqa: E402
+from bridge.core.settings import KafkaSettings  # noqa: E402
 from bridge.daemon import tune_gc  # noqa: E402
 from bridge.io.mqtt_wire import Framer, puback  # noqa: E402
 

@@ -30,7 +30,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.mqtt_load import DEVICES, device_name, payload, topic_for  # noqa: E402
-from bridge.config import load_config  # noqa: E402
+from bridge.config_loader import load_config  # noqa: E402
 from bridge.core.normalize import Normalizer, Now  # noqa: E402
 from bridge.core.plan import compile_config  # noqa: E402
 from tests.support import sparkplug_encoder as enc  # noqa: E402

@@ -129,7 +129,8 @@ def _record(value: float, device: int) -> bytes:
 
 # --------------------------------------------------------------------------- server process
 def serve(args: argparse.Namespace) -> None:
-    from bridge.config import (
+    from bridge.core.plan import compile_config
+    from bridge.core.settings import (
         AuthSettings,
         Config,
         KafkaSettings,
@@ -140,7 +141,6 @@ def serve(args: argparse.Namespace) -> None:
         StreamSettings,
         StreamSource,
     )
-    from bridge.core.plan import compile_config
     from bridge.ops.logs import configure
     from bridge.stream.service import run_stream
 

@@ -139,7 +139,7 @@ class Bridges:
         self.processes: list[BridgeProcess] = []
         # Imported here, not at the top: the load and probe processes import
         # this module when they start (spawn), and must start quickly.
-        from bridge.config import load_config
+        from bridge.config_loader import load_config
         from bridge.ops.memory_budget import MIB, memory_budget
 
         #: Each daemon's worst-case memory computed from its settings, MiB

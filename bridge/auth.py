@@ -27,7 +27,8 @@ import structlog
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from bridge.config import AuthSettings, Config, read_problem
+from bridge.core.settings import AuthSettings, Config
+from bridge.io.files import read_problem
 from bridge.io.jwks import JwksError, JwksKeys
 
 log = structlog.get_logger(__name__)

@@ -16,10 +16,11 @@ from pathlib import Path
 import msgspec
 import trio
 
-from bridge.config import ConfigError, LoadedConfig, load_config
+from bridge.config_loader import ConfigError, load_config
 from bridge.config_watch import DEFAULT_INTERVAL_S, Watch
 from bridge.console import first_run
 from bridge.core.plan import Plan, PlanError, compile_config
+from bridge.core.settings import LoadedConfig
 from bridge.core.trial import try_message
 from bridge.io.http import parse_listen
 from bridge.ops.logs import configure

@@ -29,7 +29,7 @@ from pathlib import Path
 import structlog
 import trio
 
-from bridge.config import Config
+from bridge.core.settings import Config
 
 log = structlog.get_logger(__name__)
 

@@ -41,13 +41,14 @@ import trio
 
 from bridge.auth import AuthConfigError, Authenticator
 from bridge.commands.relay import CommandForwarder
-from bridge.config import Config, ConfigError, redacted
+from bridge.config_loader import ConfigError, redacted
 from bridge.config_watch import Watch, watch_config
 from bridge.console import first_run
 from bridge.console.api import Console, ConsoleSources, HealthInputs
 from bridge.console.deadletters import DeadLetterFeed, dead_letter_topics
 from bridge.console.progress import Counters, ProgressTracker, stalled_reasons
 from bridge.core.normalize import Normalizer
+from bridge.core.settings import Config
 from bridge.ingest.pipeline import Ingest
 from bridge.ingest.sparkplug_store import StateSaver, load_state
 from bridge.ingest.stats import IngestStats

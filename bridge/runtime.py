@@ -34,15 +34,9 @@ from typing import Any
 import confluent_kafka
 
 from bridge.auth import NO_KEY, AuthConfigError, Authenticator, keys_needed
-from bridge.config import (
-    Config,
-    ConfigError,
-    LoadedConfig,
-    SpoolSettings,
-    apply_overrides,
-    load_config,
-)
+from bridge.config_loader import ConfigError, apply_overrides, load_config
 from bridge.core.plan import Plan, PlanError, compile_config
+from bridge.core.settings import Config, LoadedConfig, SpoolSettings
 from bridge.io.http import ListenError, parse_listen
 from bridge.io.kafka_producer import producer_config
 from bridge.io.mqtt import parse_mqtt_url

@@ -22,13 +22,13 @@ import structlog
 import trio
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from bridge.config import KafkaSettings
 from bridge.core.coerce import Refusal
 from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight
 from bridge.core.command_plan import CommandPlan
 from bridge.core.normalize import Now, payload_text
 from bridge.core.records import DeadLetter as DeadLetter_
 from bridge.core.records import Outgoing
+from bridge.core.settings import KafkaSettings
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import msgspec
 
 from bridge.auth import Authenticator, Principal, Refused, find_token
-from bridge.config import Config
 from bridge.console import assets
 from bridge.console.deadletters import PATH as DEAD_LETTERS_PATH
 from bridge.console.deadletters import DeadLetterFeed, dead_letter_session
 from bridge.console.progress import ProgressTracker
 from bridge.core.plan import Plan
+from bridge.core.settings import Config
 from bridge.core.trial import try_message
 from bridge.io.http import Request, Responder, Router
 from bridge.ops import health

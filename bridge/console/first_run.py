@@ -26,7 +26,7 @@ import jwt
 import msgspec
 
 from bridge.auth import SECRET_ENV
-from bridge.config import Config
+from bridge.core.settings import Config
 from bridge.io.http import parse_listen
 
 SECRET_FILE = "console-secret"

@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from bridge.config import AlarmRule, MetricSpec
 from bridge.core.records import AlarmRecord
+from bridge.core.settings import AlarmRule, MetricSpec
 
 
 @dataclass(slots=True)

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bridge.config import StreamIdentity
 from bridge.core.extract import MISSING, field_path, get_path
+from bridge.core.settings import StreamIdentity
 
 Role = Literal["admin", "client"]
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import msgspec
 
-from bridge.config import CommandMapping
 from bridge.core.coerce import Refusal
 from bridge.core.extract import MISSING, field_path, get_path
 from bridge.core.json_depth import nesting_depth
+from bridge.core.settings import CommandMapping
 from bridge.core.topics import Template, TopicSyntaxError, segment_problem
 
 _decode = msgspec.json.Decoder().decode

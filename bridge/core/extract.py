@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from bridge.config import Source
+from bridge.core.settings import Source
 
 
 class _Missing:

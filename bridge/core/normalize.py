@@ -32,7 +32,6 @@ from typing import Any
 
 import msgspec
 
-from bridge.config import MetricSpec
 from bridge.core.alarms import AlarmEvaluator
 from bridge.core.coerce import Refusal, typed_value
 from bridge.core.dedup import Deduplicator
@@ -40,6 +39,7 @@ from bridge.core.extract import MISSING, get_path
 from bridge.core.json_depth import nesting_depth
 from bridge.core.plan import MappingPlan, Plan
 from bridge.core.records import CleanRecord, DeadLetter, Headers, MetricType, Outgoing, Value
+from bridge.core.settings import MetricSpec
 from bridge.core.shown import shown
 from bridge.core.sparkplug_mapping import SparkplugMapper
 from bridge.core.sparkplug_state import SparkplugState

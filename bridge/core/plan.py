@@ -14,7 +14,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bridge.config import (
+from bridge.core.coerce import Coercer, make_coercer
+from bridge.core.command_plan import CommandPlan, compile_command
+from bridge.core.extract import Getter, field_path, make_getter
+from bridge.core.settings import (
     Config,
     DeviceSpec,
     FieldRule,
@@ -24,9 +27,6 @@ from bridge.config import (
     SingleRule,
     Source,
 )
-from bridge.core.coerce import Coercer, make_coercer
-from bridge.core.command_plan import CommandPlan, compile_command
-from bridge.core.extract import Getter, field_path, make_getter
 from bridge.core.sparkplug import NAMESPACE, SPARKPLUG_SEGMENTS
 from bridge.core.timestamps import Parser, TimestampError, make_parser
 from bridge.core.topics import Template, TopicFilter, TopicSyntaxError

@@ -17,9 +17,9 @@ from typing import Any
 
 import msgspec
 
-from bridge.config import StreamActions, StreamFilters
 from bridge.core.claims import Identity
 from bridge.core.events import FilterError, Filters, TenantForbidden, bounded_names
+from bridge.core.settings import StreamActions, StreamFilters
 
 _encode = msgspec.json.Encoder().encode
 

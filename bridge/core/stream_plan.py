@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.config import Config, StreamEndpoint
 from bridge.core.claims import IdentityRules
 from bridge.core.extract import field_path
 from bridge.core.json_template import compile_template, slots
 from bridge.core.plan import MappingPlan, Plan, _declared, _Errors, _source_getter
+from bridge.core.settings import Config, StreamEndpoint
 from bridge.core.stream_envelope import (
     DEFAULT_MESSAGE_TEMPLATE,
     ENVELOPE_NAMES,

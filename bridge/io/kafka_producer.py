@@ -26,8 +26,8 @@ import confluent_kafka
 import structlog
 import trio
 
-from bridge.config import KafkaSettings
 from bridge.core.records import Outgoing
+from bridge.core.settings import KafkaSettings
 from bridge.io.kafka_logs import librdkafka_logger
 
 log = structlog.get_logger(__name__)

@@ -37,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.config import MqttSettings
+from bridge.core.settings import MqttSettings
 from bridge.io.mqtt_keepalive import PINGREQ, Keepalive
 from bridge.io.mqtt_wire import Framer, InboundMessage, MalformedPacket, PahoSocket, puback
 from bridge.io.tls import client_context

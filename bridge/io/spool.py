@@ -116,8 +116,8 @@ from typing import Literal
 
 import structlog
 
-from bridge.config import SpoolSettings
 from bridge.core.records import Outgoing
+from bridge.core.settings import SpoolSettings
 from bridge.core.spool_format import (
     CORRUPT,
     FRAME_OVERHEAD,

@@ -15,7 +15,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from bridge.config import TlsSettings, read_problem
+from bridge.core.settings import TlsSettings
+from bridge.io.files import read_problem
 
 
 class TlsConfigError(ValueError):

@@ -32,7 +32,7 @@ from typing import Literal
 
 import msgspec
 
-from bridge.config import SpoolSettings
+from bridge.core.settings import SpoolSettings
 
 JSON = "application/json"
 

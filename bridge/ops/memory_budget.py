@@ -38,8 +38,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from bridge.config import Config
 from bridge.core.normalize import CACHE_ENTRIES
+from bridge.core.settings import Config
 from bridge.ingest.store_forward import DRAIN_BATCH
 from bridge.stream.hub import LOCAL_MEMORY
 

@@ -55,8 +55,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from bridge.config import KafkaSettings, StreamSettings
 from bridge.core.events import Positions, iso_utc
+from bridge.core.settings import KafkaSettings, StreamSettings
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.ops.logs import SampledLog
 from bridge.ops.memory_budget import CONSUMER_PREFETCH

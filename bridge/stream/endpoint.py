@@ -19,7 +19,6 @@ import msgspec
 import structlog
 
 from bridge.auth import Refusal, Refused, find_token
-from bridge.config import StreamKeepalive, StreamSettings
 from bridge.core.claims import Identity, NotAllowed, identify
 from bridge.core.events import (
     FilterError,
@@ -29,6 +28,7 @@ from bridge.core.events import (
     error_message,
     kafka_event_id,
 )
+from bridge.core.settings import StreamKeepalive, StreamSettings
 from bridge.core.stream_envelope import render_event, render_status, render_welcome
 from bridge.core.stream_filters import query_filters
 from bridge.core.stream_plan import EndpointPlan
@@ -40,7 +40,7 @@ from bridge.stream.hub import Client, EndpointHub, TooManyConnections, Transport
 if TYPE_CHECKING:
     import trio
 
-    from bridge.config import KafkaSettings
+    from bridge.core.settings import KafkaSettings
     from bridge.stream.service import EndpointStatus, StreamService
 
 log = structlog.get_logger(__name__)

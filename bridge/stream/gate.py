@@ -13,8 +13,8 @@ import structlog
 import trio
 
 from bridge.auth import Refused
-from bridge.config import KafkaSettings, StreamKeepalive, StreamSettings
 from bridge.core.events import Filters
+from bridge.core.settings import KafkaSettings, StreamKeepalive, StreamSettings
 from bridge.io.http import Request
 from bridge.stream.consumer import KafkaSource, KafkaState
 from bridge.stream.hub import Client, Hub, Transport

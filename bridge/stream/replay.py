@@ -20,7 +20,6 @@ import trio
 from confluent_kafka import OFFSET_BEGINNING as BEGINNING
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from bridge.config import KafkaSettings, StreamSettings
 from bridge.core.events import (
     Filters,
     MalformedRecord,
@@ -33,6 +32,7 @@ from bridge.core.events import (
     parse_record,
     sse_frame,
 )
+from bridge.core.settings import KafkaSettings, StreamSettings
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.ops.logs import SampledLog
 from bridge.ops.memory_budget import CONSUMER_PREFETCH

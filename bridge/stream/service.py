@@ -23,7 +23,6 @@ import structlog
 import trio
 
 from bridge.auth import Authenticator, Refusal, Refused, find_token, keys_needed
-from bridge.config import Config, StreamKeepalive, StreamSettings
 from bridge.core.events import (
     FilterError,
     Filters,
@@ -33,6 +32,7 @@ from bridge.core.events import (
     initial_filters,
     iso_utc,
 )
+from bridge.core.settings import Config, StreamKeepalive, StreamSettings
 from bridge.core.stream_plan import EndpointPlan, SourceKey
 from bridge.io.http import (
     HttpHandler,

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from websockets.sync.client import connect
 
 from bridge.auth import AuthConfigError, Authenticator, Refused
-from bridge.config import AuthSettings
+from bridge.core.settings import AuthSettings
 from bridge.io.jwks import JwksKeys
 from tests.integration.conftest import BridgeSetup
 from tests.support import BridgeProcess

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from bridge.config import MqttSettings
+from bridge.core.settings import MqttSettings
 from bridge.io.mqtt import MqttClient, port_answers
 from bridge.io.mqtt_wire import InboundMessage
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import trio
 from structlog.testing import capture_logs
 
-from bridge.config import KafkaSettings
 from bridge.core.records import Outgoing
+from bridge.core.settings import KafkaSettings
 from bridge.ingest.stats import IngestStats
 from bridge.ingest.store_forward import StoreAndForward
 from bridge.io.kafka_producer import KafkaProducer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import ConfigError
+from bridge.config_loader import ConfigError
 from bridge.runtime import build_runtime
 
 REPO = Path(__file__).resolve().parents[2]

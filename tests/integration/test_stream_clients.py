@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from bridge.config import AuthSettings, Config, KafkaSettings, StreamSettings
+from bridge.core.settings import AuthSettings, Config, KafkaSettings, StreamSettings
 from bridge.stream.service import SSE_PATH, WEBSOCKET_PATH, StreamService, run_stream
 from tests.support import async_wait_until
 

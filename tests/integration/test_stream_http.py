@@ -13,7 +13,7 @@ import trio_websocket
 from structlog.testing import capture_logs
 from trio_websocket import open_websocket_url
 
-from bridge.config import Config
+from bridge.core.settings import Config
 from bridge.io import http
 from bridge.io.http import Request, Responder
 from bridge.stream.service import run_stream

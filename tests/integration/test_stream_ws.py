@@ -13,7 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url, wrap_client_stream
 
-from bridge.config import AuthSettings
+from bridge.core.settings import AuthSettings
 from bridge.stream.service import StreamSettingsError
 from tests.integration.test_stream_clients import (
     ISO_MS,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bridge.config import load_config
+from bridge.config_loader import load_config
 from bridge.core.normalize import Normalizer, Now, Outcome
 from bridge.core.plan import Plan, compile_config
 

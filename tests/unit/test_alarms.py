@@ -8,8 +8,8 @@ from typing import Any
 
 import msgspec
 
-from bridge.config import AlarmRule, MetricSpec
 from bridge.core.alarms import AlarmEvaluator
+from bridge.core.settings import AlarmRule, MetricSpec
 from bridge.core.timestamps import format_ms
 
 T0 = 1_772_028_000_000

@@ -24,7 +24,7 @@ from bridge.auth import (
     find_token,
     select_subprotocol,
 )
-from bridge.config import AuthSettings
+from bridge.core.settings import AuthSettings
 
 SECRET = "unit-test-secret-of-at-least-32-bytes!"
 

@@ -130,7 +130,7 @@ def test_bool_rule_uses_the_declared_words_case_insensitively() -> None:
 
 
 def test_bool_rule_with_the_default_words() -> None:
-    from bridge.config import FieldRule
+    from bridge.core.settings import FieldRule
 
     rule = FieldRule(field="door", type="bool")
     coerce = make_coercer(

@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import CommandMapping
 from bridge.core.coerce import Refusal
 from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight, Publish
 from bridge.core.command_plan import CommandPlan, compile_command
+from bridge.core.settings import CommandMapping
 
 GOOD = b'{"tenant": "t1", "device": "d1", "cmd": "reboot"}'
 BAD = b"not json"

@@ -14,16 +14,8 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
-from bridge.config import (
-    Config,
-    ConfigError,
-    KafkaSettings,
-    Mapping,
-    MqttSettings,
-    apply_overrides,
-    load_config,
-    redacted,
-)
+from bridge.config_loader import ConfigError, apply_overrides, load_config, redacted
+from bridge.core.settings import Config, KafkaSettings, Mapping, MqttSettings
 from tests.unit.core_fixtures import MAPPINGS, REPO
 
 WriteConfig = Callable[..., Path]

@@ -1,4 +1,4 @@
-"""docs/configuration.md is generated from bridge/config.py and must not drift.
+"""docs/configuration.md is generated from bridge/core/settings.py and must not drift.
 
 When the first test fails, run ``.venv/bin/python scripts/gen_config_docs.py``
 and commit the result with the config change."""
@@ -16,7 +16,7 @@ from typing import Literal
 import msgspec
 import pytest
 
-from bridge.config import Config
+from bridge.core.settings import Config
 
 REPO = Path(__file__).resolve().parents[2]
 

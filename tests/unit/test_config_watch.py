@@ -13,8 +13,8 @@ from pathlib import Path
 
 import trio
 
-from bridge.config import AuthSettings, Config
 from bridge.config_watch import Fingerprint, fingerprint, watch_config, watched_files
+from bridge.core.settings import AuthSettings, Config
 from tests.support import async_wait_until
 
 

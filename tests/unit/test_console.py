@@ -13,7 +13,12 @@ import msgspec
 import pytest
 
 from bridge.auth import Principal
-from bridge.config import (
+from bridge.console import assets, first_run
+from bridge.console.deadletters import DeadLetterFeed, letter_tenant, watcher_tenant
+from bridge.core.normalize import Normalizer, Now
+from bridge.core.plan import Plan, compile_config
+from bridge.core.records import DeadLetter
+from bridge.core.settings import (
     AuthSettings,
     Config,
     ConsoleSettings,
@@ -23,11 +28,6 @@ from bridge.config import (
     PayloadRules,
     Source,
 )
-from bridge.console import assets, first_run
-from bridge.console.deadletters import DeadLetterFeed, letter_tenant, watcher_tenant
-from bridge.core.normalize import Normalizer, Now
-from bridge.core.plan import Plan, compile_config
-from bridge.core.records import DeadLetter
 from bridge.core.trial import try_message
 
 NOW_MS = 1_772_028_000_000

@@ -18,7 +18,8 @@ import yaml  # type: ignore[import-untyped]  # amqtt depends on PyYAML
 from amqtt.contexts import BrokerConfig
 
 from bridge.cli import main as cli_main
-from bridge.config import Config, load_config
+from bridge.config_loader import load_config
+from bridge.core.settings import Config
 from bridge.io.mqtt import parse_mqtt_url
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from bridge.config import SpoolSettings
+from bridge.core.settings import SpoolSettings
 from bridge.ops.health import HealthState, Response, liveness, readiness, spool_state
 
 RUNNING = HealthState(

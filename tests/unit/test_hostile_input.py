@@ -14,11 +14,11 @@ import pytest
 import structlog
 
 from bridge.cli import main
-from bridge.config import AlarmRule, KafkaSettings, MetricSpec
 from bridge.core.alarms import AlarmEvaluator
 from bridge.core.json_depth import nesting_depth
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.plan import Plan, PlanError
+from bridge.core.settings import AlarmRule, KafkaSettings, MetricSpec
 from bridge.core.timestamps import format_ms
 from bridge.ingest.pipeline import Ingest
 from bridge.ingest.stats import IngestStats

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
-from bridge.config import Config, DeviceSpec, KafkaSettings, StreamSettings, load_config
+from bridge.config_loader import load_config
+from bridge.core.settings import Config, DeviceSpec, KafkaSettings, StreamSettings
 from bridge.ops.memory_budget import (
     BASELINE_BYTES,
     CONSUMER_PREFETCH,

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config import AlarmRule, MetricSpec
 from bridge.core.alarms import AlarmEvaluator
+from bridge.core.settings import AlarmRule, MetricSpec
 from bridge.ingest.stats import IngestStats
 from bridge.io.spool import SpoolStats
 from bridge.ops.metrics import FAMILIES, Sources, build_registry, render

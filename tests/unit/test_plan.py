@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import load_config
+from bridge.config_loader import load_config
 from bridge.core.plan import PlanError, compile_config
 from tests.unit.core_fixtures import MAPPINGS, plan_from
 

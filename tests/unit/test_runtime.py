@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from structlog.testing import capture_logs
 
-from bridge import config as cfg
 from bridge.cli import main
-from bridge.config import ConfigError, read_problem
+from bridge.config_loader import ConfigError
+from bridge.core import settings as cfg
 from bridge.daemon import Daemon
+from bridge.io.files import read_problem
 from bridge.runtime import Runtime, build_runtime
 from tests.support.certs import issue, write_pem
 
@@ -145,7 +146,7 @@ def test_every_numeric_setting_has_a_range() -> None:
         and ((kind.ge is None and kind.gt is None) or (kind.le is None and kind.lt is None))
     ]
     assert unbounded == [], (
-        "give these a range (msgspec.Meta in bridge/config.py), or check them in the "
+        "give these a range (msgspec.Meta in bridge/core/settings.py), or check them in the "
         "plan and list them in CHECKED_BY_THE_PLAN"
     )
 

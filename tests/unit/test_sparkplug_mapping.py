@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from bridge.cli import main
-from bridge.config import load_config
+from bridge.config_loader import load_config
 from bridge.console.deadletters import letter_tenant
 from bridge.core.normalize import Normalizer
 from bridge.core.plan import PlanError, compile_config

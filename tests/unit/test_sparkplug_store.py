@@ -7,8 +7,8 @@ from pathlib import Path
 
 import structlog
 
-from bridge.config import Config, KafkaSettings, SpoolSettings
 from bridge.core.normalize import Normalizer
+from bridge.core.settings import Config, KafkaSettings, SpoolSettings
 from bridge.core.sparkplug import decode_payload, parse_topic
 from bridge.core.sparkplug_state import SparkplugState
 from bridge.daemon import state_dir

@@ -21,8 +21,8 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from bridge.config import KafkaSettings
 from bridge.core.records import Outgoing
+from bridge.core.settings import KafkaSettings
 from bridge.ingest.stats import IngestStats
 from bridge.ingest.store_forward import StoreAndForward, Waiter
 from bridge.io.kafka_producer import KafkaProducer

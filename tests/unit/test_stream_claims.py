@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bridge.config import StreamIdentity
 from bridge.core.claims import Identity, IdentityRules, NotAllowed, identify
+from bridge.core.settings import StreamIdentity
 
 PORTAL = IdentityRules.from_settings(
     StreamIdentity(

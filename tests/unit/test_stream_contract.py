@@ -9,11 +9,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from bridge.config import Source, StreamActions, StreamFilters
 from bridge.core.claims import Identity
 from bridge.core.events import FilterError, Filters, MalformedRecord, TenantForbidden
 from bridge.core.extract import make_getter
 from bridge.core.json_template import compile_template
+from bridge.core.settings import Source, StreamActions, StreamFilters
 from bridge.core.stream_envelope import (
     DEFAULT_MESSAGE_TEMPLATE,
     ENVELOPE_NAMES,

@@ -11,7 +11,7 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from bridge.config import load_config
+from bridge.config_loader import load_config
 from bridge.core.events import Filters
 from bridge.core.plan import compile_config
 from bridge.core.stream_plan import EndpointPlan

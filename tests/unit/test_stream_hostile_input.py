@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from bridge.config import KafkaSettings, StreamSettings
 from bridge.core.events import (
     MAX_OFFSET,
     MAX_PARTITION,
@@ -28,6 +27,7 @@ from bridge.core.events import (
     encode_cursor,
     sse_retry,
 )
+from bridge.core.settings import KafkaSettings, StreamSettings
 from bridge.io.http import Request
 from bridge.stream import replay, sse, websocket
 from bridge.stream.consumer import KafkaSource

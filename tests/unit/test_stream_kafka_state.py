@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from bridge.config import KafkaSettings, StreamSettings
+from bridge.core.settings import KafkaSettings, StreamSettings
 from bridge.stream.consumer import KafkaSource, _Stats, _ThreadNotes
 from bridge.stream.hub import Hub
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import ConfigError, load_config
+from bridge.config_loader import ConfigError, load_config
 from bridge.core.plan import PlanError, compile_config
 
 REPO = Path(__file__).resolve().parents[2]

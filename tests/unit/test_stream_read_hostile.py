@@ -12,7 +12,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import load_config
+from bridge.config_loader import load_config
 from bridge.core.events import Filters, MalformedRecord
 from bridge.core.plan import compile_config
 from bridge.core.stream_envelope import EnvelopeRules, render_event
