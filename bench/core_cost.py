@@ -12,7 +12,7 @@ they cost can be compared before and after a change even on a busy machine
 not depend on the machine at all):
 
 * ``framer``: cutting MQTT PUBLISH packets out of received bytes
-  (bridge/io/mqtt_wire.py);
+  (bridge/core/mqtt_codec.py);
 * ``normalize``: the above, plus the default ``telemetry`` mapping run by
   the core (bridge/core/normalize.py): 2 clean records and 1 raw record per
   message;
@@ -44,10 +44,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.mqtt_load import DEVICES, device_name, payload, topic_for  # noqa: E402
+from bridge.core.mqtt_codec import Framer, puback  # noqa: E402
 from bridge.core.normalize import Normalizer, Now  # noqa: E402
 from bridge.core.settings import KafkaSettings  # noqa: E402
 from bridge.daemon import tune_gc  # noqa: E402
-from bridge.io.mqtt_wire import Framer, puback  # noqa: E402
 
 #: One recv() worth of bytes, as the MQTT client reads them.
 RECV_BYTES = 65_536

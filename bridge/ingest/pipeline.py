@@ -33,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from bridge.core.mqtt_codec import InboundMessage
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.records import Outgoing
 from bridge.core.sparkplug_mapping import SparkplugMapper
@@ -40,7 +41,6 @@ from bridge.ingest.stats import IngestStats
 from bridge.ingest.store_forward import StoreAndForward, Waiter
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient
-from bridge.io.mqtt_wire import InboundMessage
 from bridge.ops.logs import SampledLog
 
 log = structlog.get_logger(__name__)

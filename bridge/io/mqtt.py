@@ -4,12 +4,14 @@ paho's external-loop API lets the caller own the waiting: we wait for the socket
 to become readable in trio, then read what is there in a few large ``recv()``
 calls (up to ``READS_PER_WAKEUP``).  paho connects, subscribes and publishes;
 the keepalive is ours (:mod:`bridge.io.mqtt_keepalive`: paho cannot see the
-traffic the fast lane reads).  The received bytes go through the fast lane
-of :mod:`bridge.io.mqtt_wire`, which decodes QoS 0/1 PUBLISH packets itself
-and hands every other packet to paho.  Acknowledgements are written by us too,
-all of a batch in one ``send()``.  paho's own read path cost more than half of
-the bridge's CPU per message (measured, see docs/benchmarks.md).  The messages
-of one wake-up go to the handler as one batch.
+traffic the fast lane reads).  The received bytes go through the pure codec of
+:mod:`bridge.core.mqtt_codec`, which decodes QoS 0/1 PUBLISH packets itself;
+every other packet goes to paho through :mod:`bridge.io.paho_splice`, the one
+place that reaches into paho.  Acknowledgements are written by us too, all of
+a batch in one ``send()``, through the same splice, which keeps them from
+cutting into paho's packets.  paho's own read path cost more than half of the
+bridge's CPU per message (measured, see docs/benchmarks.md).  The messages of
+one wake-up go to the handler as one batch.
 
 QoS 1 messages are acknowledged by the caller, through :meth:`MqttClient.ack`,
 once Kafka holds every record made from them.  Acknowledgements carry the
@@ -33,13 +35,14 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 import structlog
 import trio
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bridge.core.mqtt_codec import Framer, InboundMessage, MalformedPacket, puback
 from bridge.core.settings import MqttSettings
 from bridge.io.mqtt_keepalive import PINGREQ, Keepalive
-from bridge.io.mqtt_wire import Framer, InboundMessage, MalformedPacket, PahoSocket, puback
+from bridge.io.paho_splice import PahoReadFailed, PahoSplice
 from bridge.io.tls import client_context
 
 log = structlog.get_logger(__name__)
@@ -109,9 +112,7 @@ class MqttClient:
         self._inbox: list[InboundMessage] = []
         self._framer = self._new_framer()
         self._sock: socket.socket | None = None
-        self._paho_sock: PahoSocket | None = None
-        self._acks = bytearray()  # our PUBACKs and PINGREQs not written yet
-        self._acks_started = False  # part of _acks is on the wire: finish before paho writes
+        self._splice: PahoSplice | None = None  # the connection's; our PUBACKs and PINGREQs
         self._connack: trio.Event | None = None
         self._connect_error: str | None = None
         self._session_present = False
@@ -213,35 +214,19 @@ class MqttClient:
     def ack(self, generation: int, mid: int) -> None:
         """Acknowledge a QoS 1 message of connection ``generation`` (sent by the
         next :meth:`flush_writes`)."""
-        if generation == self.generation and self.connected:
-            self._acks += puback(mid)
+        if generation == self.generation and self.connected and self._splice is not None:
+            self._splice.queue(puback(mid))
 
     def flush_writes(self) -> None:
         """Send the queued acknowledgements and whatever paho has queued (pings,
         publishes, subscriptions), never splicing one into the middle of the
-        other's packet.  Errors are left to the read side, which sees the
-        connection go."""
-        if not self.connected:
-            return
-        client = self._client
-        if not self._acks_started and client.want_write():
-            client.loop_write()
-            if client.want_write():
-                return  # socket full, maybe inside one of paho's packets
-        if self._acks and self._sock is not None:
-            try:
-                sent = self._sock.send(self._acks)
-            except _WOULD_BLOCK:
-                return
-            except OSError:
-                return
-            if sent:
-                self._keepalive.sent(time.monotonic())
-            del self._acks[:sent]
-            self._acks_started = bool(self._acks) and (sent > 0 or self._acks_started)
+        other's packet (:meth:`PahoSplice.flush`).  Errors are left to the read
+        side, which sees the connection go."""
+        if self.connected and self._splice is not None and self._splice.flush():
+            self._keepalive.sent(time.monotonic())
 
     def _writes_pending(self) -> bool:
-        return bool(self._acks) or self._client.want_write()
+        return self._splice is not None and self._splice.writes_pending
 
     def publish(
         self,
@@ -407,29 +392,25 @@ class MqttClient:
         )
 
     def _attach_fast_lane(self) -> socket.socket:
-        """Put :class:`PahoSocket` between paho and the new connection's socket,
-        so that paho reads only what the fast lane passes on.  paho has no
-        public hook for this; its ``_sock`` attribute is the one place it keeps
-        the socket (paho-mqtt is pinned below 3)."""
+        """Splice the fast lane into the new connection (:class:`PahoSplice`),
+        so that paho reads only what the framer passes on; what was queued for
+        the previous connection goes with it."""
         sock = self._client.socket()
         if not isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
             raise ConnectionLost(f"cannot connect to {self.address}: no socket")
         self._sock = sock
-        self._paho_sock = PahoSocket(sock)
-        self._client._sock = self._paho_sock
+        self._splice = PahoSplice(self._client, sock)
         self._framer = self._new_framer()
         self._keepalive = Keepalive(self.settings.keepalive_s, time.monotonic())
         self._inbox = []
-        self._acks.clear()
-        self._acks_started = False
         return sock
 
     def _receive(self) -> None:
         """Read what the socket has (a few large reads), decode the PUBLISH
         packets into the inbox and let paho handle every other packet.  Any
         byte read counts as a sign of life for the keepalive."""
-        sock, paho_sock, client = self._sock, self._paho_sock, self._client
-        assert sock is not None and paho_sock is not None
+        sock, splice = self._sock, self._splice
+        assert sock is not None and splice is not None
         for _ in range(READS_PER_WAKEUP):
             try:
                 data = sock.recv(RECV_BYTES)
@@ -446,11 +427,10 @@ class MqttClient:
                 raise ConnectionLost(f"malformed packet from the broker: {exc}") from None
             self._inbox += messages
             if other:
-                paho_sock.give(other)
-                while paho_sock.has_data:
-                    rc = _paho_read(client)
-                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        raise ConnectionLost(f"read failed: {paho.error_string(rc)}")
+                try:
+                    splice.to_paho(other)
+                except PahoReadFailed as exc:
+                    raise ConnectionLost(str(exc)) from None
             if len(data) < RECV_BYTES:
                 break
 
@@ -521,22 +501,9 @@ class MqttClient:
             raise ConnectionLost(
                 f"keepalive timed out: nothing received for {keepalive.silent_for(now):.1f} s"
             )
-        if keepalive.ping_due(now):
+        if keepalive.ping_due(now) and self._splice is not None:
             keepalive.pinged(now)
-            self._acks += PINGREQ
-
-
-def _paho_read(client: paho.Client) -> MQTTErrorCode:
-    """paho handles one packet the fast lane passed on.  paho turns most
-    malformed packets into an error code, but not all (a broken SUBACK or
-    CONNACK can raise from its decoders): whatever it raises ends this
-    connection, never the daemon."""
-    try:
-        return client.loop_read()
-    except Exception as exc:  # the barrier: any error here is the broker's
-        raise ConnectionLost(
-            f"malformed packet from the broker: paho raised {type(exc).__name__}: {exc}"
-        ) from None
+            self._splice.queue(PINGREQ)
 
 
 async def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:

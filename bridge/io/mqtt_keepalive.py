@@ -1,7 +1,7 @@
 """When the MQTT client pings the broker, and when it gives the connection up.
 
 paho's own keepalive check (``loop_misc``) is not used.  It counts only the
-bytes paho reads itself, and the fast lane (:mod:`bridge.io.mqtt_wire`) reads
+bytes paho reads itself, and the fast lane (:mod:`bridge.core.mqtt_codec`) reads
 every PUBLISH before paho sees it: paho would believe a connection delivering
 tens of thousands of messages a second is silent.  It also gives up when the
 PINGRESP is late, and mosquitto answers a PINGREQ behind whatever it has

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import trio
 
+from bridge.core.mqtt_codec import InboundMessage
 from bridge.core.settings import MqttSettings
 from bridge.io.mqtt import MqttClient, port_answers
-from bridge.io.mqtt_wire import InboundMessage
 
 KEEPALIVE_S = 1
 FILTER = "tenant/+/device/+/telemetry"

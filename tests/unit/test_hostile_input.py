@@ -16,6 +16,7 @@ import structlog
 from bridge.cli import main
 from bridge.core.alarms import AlarmEvaluator
 from bridge.core.json_depth import nesting_depth
+from bridge.core.mqtt_codec import InboundMessage
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.plan import Plan, PlanError
 from bridge.core.settings import AlarmRule, KafkaSettings, MetricSpec
@@ -23,7 +24,6 @@ from bridge.core.timestamps import format_ms
 from bridge.ingest.pipeline import Ingest
 from bridge.ingest.stats import IngestStats
 from bridge.io.kafka_producer import KafkaProducer
-from bridge.io.mqtt_wire import InboundMessage
 from tests.unit.core_fixtures import MAPPINGS, NOW, REPO, plan_from, reasons, values
 
 WriteConfig = Callable[..., Path]

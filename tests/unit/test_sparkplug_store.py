@@ -7,6 +7,7 @@ from pathlib import Path
 
 import structlog
 
+from bridge.core.mqtt_codec import InboundMessage
 from bridge.core.normalize import Normalizer
 from bridge.core.settings import Config, KafkaSettings, SpoolSettings
 from bridge.core.sparkplug import decode_payload, parse_topic
@@ -16,7 +17,6 @@ from bridge.ingest.pipeline import Ingest
 from bridge.ingest.sparkplug_store import FILE_NAME, StateSaver, load_state
 from bridge.ingest.stats import IngestStats
 from bridge.io.kafka_producer import KafkaProducer
-from bridge.io.mqtt_wire import InboundMessage
 from tests.support import sparkplug_encoder as enc
 from tests.unit.core_fixtures import MAPPINGS, plan_from
 

@@ -1,29 +1,50 @@
-"""The fast lane of the MQTT receive path: framing and PUBLISH decoding.
+"""The MQTT receive codec: framing, PUBLISH decoding, the PUBACK encoder.
 
-paho reads each packet with at least three ``recv()`` calls (command byte,
-each length byte, body), builds a ``Properties`` object for every MQTT 5
-PUBLISH and a dict per packet, and writes every PUBACK with its own
-``send()``.  Measured under load that was more than half of the bridge's CPU
-per message (docs/benchmarks.md).  Here one ``recv()`` brings a whole burst,
-:class:`Framer` cuts it into packets, decodes QoS 0 and 1 PUBLISH packets in
-a few lines, and passes the bytes of every other packet (CONNACK, SUBACK,
-PUBACK of our own publishes, PINGRESP, DISCONNECT, QoS 2 flows) on unchanged
-to paho through :class:`PahoSocket`, so paho keeps the session's state
-machine.  Nothing here touches a socket except PahoSocket's pass-through.
+Pure: bytes in, messages and bytes out; no socket, no paho, no clock, so every
+rule of the wire format is unit-tested without a broker
+(tests/unit/test_mqtt_codec.py).  The MQTT client
+(:mod:`bridge.io.mqtt`) reads a whole burst with one ``recv()``, and
+:class:`Framer` cuts it into packets: QoS 0 and 1 PUBLISH packets are decoded
+here, the bytes of every other packet (CONNACK, SUBACK, UNSUBACK, PUBACK of our
+own publishes, PINGRESP, DISCONNECT, the QoS 2 flows) are handed on unchanged,
+in order, to paho through :mod:`bridge.io.paho_splice`, so paho keeps the
+session's state machine.  Why not let paho read everything: it reads each
+packet with at least three ``recv()`` calls and builds a ``Properties`` object
+and a dict per MQTT 5 PUBLISH, which was more than half of the bridge's CPU per
+message (docs/benchmarks.md).
+
+Bounds: a packet may be at most the mapping's largest payload
+(``limits.max_payload_bytes``) plus :data:`HEADER_ROOM`; see :class:`Framer`
+for what happens to a larger PUBLISH and to any other larger packet.
+
+Topic aliases (MQTT 5): the bridge accepts none.  Its CONNECT carries no Topic
+Alias Maximum property, which MQTT 5 (3.1.2.11.8) reads as 0: the broker must
+not send a Topic Alias.  A PUBLISH that carries one anyway is refused with
+:class:`MalformedPacket` ("topic alias ... the bridge accepts none"), which
+ends the connection (MQTT 5 makes it a protocol error, DISCONNECT reason 0x94),
+rather than being decoded under an empty or a stale topic: a message whose
+topic travelled as an alias would otherwise match no mapping, or the wrong
+one.  A PUBLISH with an empty topic and no alias is decoded as it is (topic
+``""``, which no mapping matches): a broker that lets a client publish one is
+not this connection's fault, and refusing it would make the broker send it
+again at every reconnect.
 """
 
 from __future__ import annotations
 
-import socket
-from typing import Any
-
 PUBLISH = 0x30
 PUBACK_HEADER = b"\x40\x02"
 USER_PROPERTY = 0x26
+TOPIC_ALIAS = 0x23
+
+#: Room for what precedes the payload in a PUBLISH: a topic of up to 65,535
+#: bytes with its length, the packet id and MQTT 5 properties.
+HEADER_ROOM = 256 * 1024
 
 
 class MalformedPacket(ValueError):
-    """The broker sent bytes that are not MQTT; the connection cannot go on."""
+    """The broker sent bytes that are not MQTT, or MQTT this connection
+    forbids (a topic alias); the connection cannot go on."""
 
 
 class InboundMessage:
@@ -48,9 +69,11 @@ class InboundMessage:
         self.user_properties = user_properties
 
 
-# MQTT 5 properties a PUBLISH may carry, by how their value is encoded.
-_FIXED_WIDTH = {0x01: 1, 0x23: 2, 0x02: 4}  # payload format, topic alias, expiry
+# MQTT 5 properties a PUBLISH may carry and the bridge skips, by how their
+# value is encoded (the topic alias and user properties are handled apart).
+_FIXED_WIDTH = {0x01: 1, 0x02: 4}  # payload format indicator, message expiry
 _LENGTH_PREFIXED = frozenset({0x03, 0x08, 0x09})  # content type, response topic, correlation
+_SUBSCRIPTION_IDENTIFIER = 0x0B
 
 
 def _varint(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
@@ -76,8 +99,11 @@ def _text(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos : pos + size].decode("utf-8", "replace"), pos + size
 
 
-def _user_properties(data: bytes, pos: int, end: int) -> list[tuple[str, str]] | None:
-    """The user properties of a PUBLISH property block; the others are skipped."""
+def _properties(data: bytes, pos: int, end: int) -> list[tuple[str, str]] | None:
+    """The user properties of the PUBLISH property block ``data[pos:end]``;
+    the other allowed properties are skipped, a topic alias is refused.  May
+    raise IndexError when the block runs past ``data`` (the caller's
+    MalformedPacket)."""
     found: list[tuple[str, str]] | None = None
     while pos < end:
         ident = data[pos]
@@ -92,21 +118,22 @@ def _user_properties(data: bytes, pos: int, end: int) -> list[tuple[str, str]] |
             pos += _FIXED_WIDTH[ident]
         elif ident in _LENGTH_PREFIXED:
             pos += 2 + ((data[pos] << 8) | data[pos + 1])
-        elif ident == 0x0B:  # subscription identifier
+        elif ident == _SUBSCRIPTION_IDENTIFIER:
             decoded = _varint(data, pos, end)
             if decoded is None:
                 raise MalformedPacket("truncated subscription identifier")
             pos = decoded[1]
+        elif ident == TOPIC_ALIAS:
+            alias = (data[pos] << 8) | data[pos + 1]
+            raise MalformedPacket(
+                f"topic alias {alias} in a PUBLISH: the bridge accepts none "
+                "(its CONNECT leaves Topic Alias Maximum at 0)"
+            )
         else:
             raise MalformedPacket(f"property 0x{ident:02x} is not allowed in PUBLISH")
     if pos != end:
         raise MalformedPacket("PUBLISH properties overrun their length")
     return found
-
-
-#: Room for what precedes the payload in a PUBLISH: a topic of up to 65,535
-#: bytes with its length, the packet id and MQTT 5 properties.
-HEADER_ROOM = 256 * 1024
 
 
 class Framer:
@@ -122,8 +149,11 @@ class Framer:
     it is skipped as it arrives.  Any other packet that large is refused
     (:class:`MalformedPacket`): no broker sends one.
 
-    Time is linear in the bytes received: a packet arriving in many reads is
-    joined once, when it is complete, not copied again at every read.
+    Work is linear in the bytes received: a packet arriving in many reads is
+    joined once, when it is complete, not copied again at every read (the
+    pieces wait in a list until then); each byte is copied a bounded number of
+    times however the stream is cut (tests/unit/test_mqtt_codec.py counts the
+    bytes allocated for a burst fed one byte at a time).
     """
 
     def __init__(self, *, v5: bool, max_payload: int = 65_536) -> None:
@@ -201,7 +231,7 @@ class Framer:
                 kept = body + max_packet
                 if kept > end:
                     return pos, kept - pos
-                message = _oversized_publish(data, first, qos, body, kept)
+                message = _oversized_publish(data, first, qos, body, kept, v5)
                 if stop > end:
                     self._skip, self._skipped = stop - end, message
                     return end, 0
@@ -241,7 +271,7 @@ def _publish(data: bytes, first: int, qos: int, body: int, stop: int, v5: bool) 
                 raise MalformedPacket("PUBLISH without its property length")
             props_size, cursor = props
             if props_size:
-                user_properties = _user_properties(data, cursor, cursor + props_size)
+                user_properties = _properties(data, cursor, cursor + props_size)
             cursor += props_size
     except IndexError:
         raise MalformedPacket("PUBLISH shorter than its header") from None
@@ -250,45 +280,28 @@ def _publish(data: bytes, first: int, qos: int, body: int, stop: int, v5: bool) 
     return InboundMessage(topic, data[cursor:stop], qos, bool(first & 1), mid, user_properties)
 
 
-def _oversized_publish(data: bytes, first: int, qos: int, body: int, kept: int) -> InboundMessage:
+def _oversized_publish(
+    data: bytes, first: int, qos: int, body: int, kept: int, v5: bool
+) -> InboundMessage:
     """A PUBLISH larger than the framer accepts, from its first bytes
     ``data[body:kept]``: topic and packet id; the rest of what was kept stands
-    for the payload (MQTT 5 properties included, which are not decoded)."""
-    topic, mid, cursor = _topic_and_mid(data, qos, body)
+    for the payload (MQTT 5 properties included).  The property block, when it
+    lies within what was kept, is still checked, so that a topic alias is
+    refused here as in any PUBLISH."""
+    try:
+        topic, mid, cursor = _topic_and_mid(data, qos, body)
+        if cursor > kept:  # only with a bound below HEADER_ROOM (the tests')
+            raise MalformedPacket("PUBLISH header longer than the bytes kept of it")
+        if v5:
+            props = _varint(data, cursor, kept)
+            if props is not None and props[1] + props[0] <= kept:
+                _properties(data, props[1], props[1] + props[0])
+    except IndexError:
+        raise MalformedPacket("PUBLISH shorter than its header") from None
     return InboundMessage(topic, data[cursor:kept], qos, bool(first & 1), mid, None)
 
 
 def puback(mid: int) -> bytes:
-    """A PUBACK for message id ``mid`` (success; the short MQTT 5 form)."""
+    """A PUBACK for message id ``mid`` (success; the short MQTT 5 form, which
+    is also the whole MQTT 3.1.1 PUBACK)."""
     return PUBACK_HEADER + mid.to_bytes(2, "big")
-
-
-class PahoSocket:
-    """The socket paho is given: its writes and everything else go to the real
-    socket, its reads are served only from the packets :class:`Framer` passed
-    on, and raise ``BlockingIOError`` (paho's "nothing now") when there are
-    none."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._incoming = bytearray()
-
-    def give(self, data: bytes) -> None:
-        self._incoming += data
-
-    @property
-    def has_data(self) -> bool:
-        return bool(self._incoming)
-
-    def recv(self, size: int) -> bytes:
-        if not self._incoming:
-            raise BlockingIOError
-        chunk = bytes(self._incoming[:size])
-        del self._incoming[:size]
-        return chunk
-
-    def pending(self) -> int:
-        return len(self._incoming)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
