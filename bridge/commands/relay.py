@@ -22,7 +22,7 @@ import structlog
 import trio
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight
 from bridge.core.command_plan import CommandPlan
 from bridge.core.normalize import Now, payload_text
@@ -166,7 +166,7 @@ class CommandForwarder:
             self.published += 1
             self._unacked.append((action.record, info))
 
-    def _letter(self, message: Message, topic: str, refusal: Refusal) -> Outgoing:
+    def _letter(self, message: Message, topic: str, refusal: InputRejected) -> Outgoing:
         text, encoding = payload_text(message.value() or b"")
         letter = DeadLetter_(
             reason=refusal.reason,

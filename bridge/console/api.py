@@ -167,12 +167,14 @@ class Console:
         try:
             return self.sources.auth().verify(find_token({}, request.headers, []))
         except Refused as exc:
-            raise Refusal(exc.refusal.http_status, exc.refusal.name.lower(), str(exc)) from None
+            raise RequestRefused(
+                exc.refusal.http_status, exc.refusal.name.lower(), str(exc)
+            ) from None
 
     async def mappings(self, request: Request, responder: Responder) -> None:
         try:
             principal = self._principal(request)
-        except Refusal as exc:
+        except RequestRefused as exc:
             await _refuse(responder, exc)
             return
         plan = self.sources.plan()
@@ -183,7 +185,7 @@ class Console:
     async def try_payload(self, request: Request, responder: Responder) -> None:
         try:
             topic = self._check_try(request)
-        except Refusal as exc:
+        except RequestRefused as exc:
             self.try_refused[exc.reason] += 1
             await _refuse(responder, exc)
             return
@@ -191,24 +193,24 @@ class Console:
         await responder.send(200, msgspec.json.encode(trial), headers=assets.SECURITY_HEADERS)
 
     def _check_try(self, request: Request) -> str:
-        """The topic of an admissible try, or :class:`Refusal` saying why not."""
+        """The topic of an admissible try, or :class:`RequestRefused` saying why not."""
         principal = self._principal(request)
         if not principal.is_admin:
-            raise Refusal(403, "forbidden", "trying a payload needs an admin token")
+            raise RequestRefused(403, "forbidden", "trying a payload needs an admin token")
         limit = self.sources.config().limits.max_payload_bytes
         if len(request.body) > limit:
-            raise Refusal(
+            raise RequestRefused(
                 413, "too_large", f"payload is {len(request.body)} bytes, the limit is {limit}"
             )
         topics = request.query.get("topic", [])
         if len(topics) != 1 or not topics[0] or len(topics[0]) > MAX_TOPIC_CHARS:
-            raise Refusal(
+            raise RequestRefused(
                 400, "bad_request", f"give one topic of 1 to {MAX_TOPIC_CHARS} characters"
             )
         return topics[0]
 
 
-class Refusal(Exception):
+class RequestRefused(Exception):
     """A refused request: HTTP status, reason (the metric's label), message."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:
@@ -217,7 +219,7 @@ class Refusal(Exception):
         self.reason = reason
 
 
-async def _refuse(responder: Responder, exc: Refusal) -> None:
+async def _refuse(responder: Responder, exc: RequestRefused) -> None:
     body = {"error": exc.reason, "message": str(exc)}
     headers = list(assets.SECURITY_HEADERS)
     if exc.status == 401:

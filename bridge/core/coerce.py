@@ -1,7 +1,7 @@
 """Value rules: turn what a device sent into a typed metric value, or say why not.
 
 Each function takes the raw JSON value and returns ``(value, metric_type)`` or
-raises :class:`Refusal` with a dead-letter reason code and a sentence.  Rules are
+raises :class:`InputRejected` with a dead-letter reason code and a sentence.  Rules are
 built once per declared field (:func:`make_coercer`), so the hot path calls a
 closure and never re-reads the config.
 """
@@ -21,9 +21,11 @@ INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
 
 
-class Refusal(Exception):
-    """A message or metric the bridge will not pass on: ``reason`` is the stable
-    dead-letter code, ``detail`` the sentence naming the field and the rule."""
+class InputRejected(Exception):
+    """A message, metric or command record the bridge will not pass on: it
+    becomes a dead letter, ``reason`` its stable code, ``detail`` the sentence
+    naming the field and the rule.  (Not :class:`bridge.auth.Refusal`, why a
+    client connection is refused.)"""
 
     def __init__(self, reason: str, detail: str, metric: str | None = None) -> None:
         super().__init__(detail)
@@ -47,18 +49,20 @@ def typed_value(raw: object, max_string: int) -> tuple[Value, MetricType]:
     if isinstance(raw, float):
         if math.isfinite(raw):
             return raw, "numeric"
-        raise Refusal("metric_type_invalid", f"{shown(raw)} is not a finite number")
+        raise InputRejected("metric_type_invalid", f"{shown(raw)} is not a finite number")
     if isinstance(raw, str):
         if len(raw) > max_string:
-            raise Refusal("metric_type_invalid", f"string longer than {max_string} characters")
+            raise InputRejected(
+                "metric_type_invalid", f"string longer than {max_string} characters"
+            )
         return raw, "str"
     kind = "null" if raw is None else type(raw).__name__
-    raise Refusal("metric_type_invalid", f"a {kind} is not a number, bool or string")
+    raise InputRejected("metric_type_invalid", f"a {kind} is not a number, bool or string")
 
 
-def _too_large(raw: int, where: str | None = None) -> Refusal:
+def _too_large(raw: int, where: str | None = None) -> InputRejected:
     detail = f"{shown(raw)} does not fit in a 64-bit integer"
-    return Refusal("value_out_of_range", f"{where}: {detail}" if where else detail)
+    return InputRejected("value_out_of_range", f"{where}: {detail}" if where else detail)
 
 
 def parse_number(text: str) -> int | float:
@@ -91,7 +95,7 @@ def _numeric(where: str) -> Coercer:
         if isinstance(number, float) and math.isfinite(number):
             return number, "numeric"
         kind = "a bool" if isinstance(raw, bool) else "not a number"
-        raise Refusal("coercion_failed", f"{where}: {shown(raw)} is {kind}, rule numeric")
+        raise InputRejected("coercion_failed", f"{where}: {shown(raw)} is {kind}, rule numeric")
 
     return coerce
 
@@ -110,7 +114,9 @@ def _boolean(where: str, true_words: list[str], false_words: list[str]) -> Coerc
             if word in falsy:
                 return False, "bool"
         words = "/".join([*true_words, *false_words])
-        raise Refusal("coercion_failed", f"{where}: {shown(raw)} is not one of {words}, rule bool")
+        raise InputRejected(
+            "coercion_failed", f"{where}: {shown(raw)} is not one of {words}, rule bool"
+        )
 
     return coerce
 
@@ -120,13 +126,15 @@ def _text(where: str, enum: list[str] | None, max_string: int) -> Coercer:
 
     def coerce(raw: object) -> tuple[Value, MetricType]:
         if not isinstance(raw, str):
-            raise Refusal("coercion_failed", f"{where}: {shown(raw)} is not a string, rule str")
+            raise InputRejected(
+                "coercion_failed", f"{where}: {shown(raw)} is not a string, rule str"
+            )
         if len(raw) > max_string:
-            raise Refusal(
+            raise InputRejected(
                 "metric_type_invalid", f"{where}: string longer than {max_string} characters"
             )
         if allowed is not None and raw not in allowed:
-            raise Refusal(
+            raise InputRejected(
                 "value_not_allowed", f"{where}: {shown(raw)} is not one of {sorted(allowed)}"
             )
         return raw, "str"
@@ -154,7 +162,7 @@ def make_coercer(
     def auto(raw: object) -> tuple[Value, MetricType]:
         try:
             return typed_value(raw, max_string)
-        except Refusal as refusal:
-            raise Refusal(refusal.reason, f"{where}: {refusal.detail}") from None
+        except InputRejected as refusal:
+            raise InputRejected(refusal.reason, f"{where}: {refusal.detail}") from None
 
     return auto

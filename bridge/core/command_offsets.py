@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.command_plan import CommandPlan
 from bridge.core.command_plan import Publish as Resolved
 from bridge.core.normalize import INTERNAL_ERROR
@@ -66,7 +66,7 @@ class DeadLetter:
     """Action: produce a dead letter for ``record`` to Kafka, then report how it went."""
 
     record: InFlight
-    refusal: Refusal
+    refusal: InputRejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +103,14 @@ class CommandOffsets:
         self._pending.setdefault((topic, partition), deque()).append(record)
         try:
             return Publish(record, self.plan.resolve(value, headers))
-        except Refusal as refusal:
+        except InputRejected as refusal:
             return DeadLetter(record, refusal)
         except Exception as exc:
             # The crash barrier: a record the bridge fails on (a bug) is set
             # aside like any refused one, so its offset can be committed; ended
             # here, the daemon would fail on it again after every restart.
             detail = f"{type(exc).__name__}: the bridge failed on this record ({str(exc)[:200]!r})"
-            return DeadLetter(record, Refusal(INTERNAL_ERROR, detail))
+            return DeadLetter(record, InputRejected(INTERNAL_ERROR, detail))
 
     def acknowledged(self, record: InFlight) -> None:
         """Its publish was acknowledged by the broker, or its dead letter by Kafka."""

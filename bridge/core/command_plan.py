@@ -2,7 +2,7 @@
 
 Pure: a :class:`CommandPlan` is compiled once from a ``[[commands]]`` table and
 turns one Kafka record (value and headers) into the MQTT topic, payload and user
-properties to publish, or a :class:`bridge.core.coerce.Refusal` with the reason
+properties to publish, or a :class:`bridge.core.coerce.InputRejected` with the reason
 the record goes to the dead-letter topic instead.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.extract import MISSING, field_path, get_path
 from bridge.core.json_depth import nesting_depth
 from bridge.core.settings import CommandMapping
@@ -52,7 +52,7 @@ class CommandPlan:
         return self.payload_path is not None or any(p is not None for _, _, p in self.sources)
 
     def resolve(self, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> Publish:
-        """The publish for one record, or raise Refusal."""
+        """The publish for one record, or raise InputRejected."""
         header_map = {k: v for k, v in headers or ()}
         doc: Any = MISSING
         values: dict[str, str] = {}
@@ -65,14 +65,18 @@ class CommandPlan:
                     doc = self._json(value)
                 found = get_path(doc, path)
             if found is MISSING or found is None:
-                raise Refusal("missing_field", f"{{{name}}}: no header or field gives a value")
+                raise InputRejected(
+                    "missing_field", f"{{{name}}}: no header or field gives a value"
+                )
             if isinstance(found, int | float) and not isinstance(found, bool):
                 found = str(found)
             if not isinstance(found, str):
-                raise Refusal("invalid_field", f"{{{name}}}: {found!r} is not a string")
+                raise InputRejected("invalid_field", f"{{{name}}}: {found!r} is not a string")
             problem = segment_problem(found, MAX_SEGMENT)
             if problem or "/" in found:
-                raise Refusal("invalid_topic", f"{{{name}}} = {found!r} {problem or 'contains /'}")
+                raise InputRejected(
+                    "invalid_topic", f"{{{name}}} = {found!r} {problem or 'contains /'}"
+                )
             values[name] = found
         payload = value or b""
         if self.payload_path is not None:
@@ -81,7 +85,7 @@ class CommandPlan:
             inner = get_path(doc, self.payload_path)
             if inner is MISSING:
                 where = ".".join(self.payload_path)
-                raise Refusal("missing_field", f"payload field {where} is missing")
+                raise InputRejected("missing_field", f"payload field {where} is missing")
             payload = inner.encode() if isinstance(inner, str) else msgspec.json.encode(inner)
         properties: list[tuple[str, str]] = []
         if self.mapping.headers_as_user_properties:
@@ -98,13 +102,13 @@ class CommandPlan:
         raw = value or b""
         limit = self.max_depth
         if raw.count(b"[") + raw.count(b"{") > limit and nesting_depth(raw, limit) > limit:
-            raise Refusal(
+            raise InputRejected(
                 "too_deep", f"record value nests deeper than limits.max_json_depth = {limit}"
             )
         try:
             return _decode(raw)
         except msgspec.DecodeError as exc:
-            raise Refusal("invalid_json", f"record value is not valid JSON: {exc}") from None
+            raise InputRejected("invalid_json", f"record value is not valid JSON: {exc}") from None
 
 
 def compile_command(

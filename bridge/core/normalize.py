@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from bridge.core.alarms import AlarmEvaluator
-from bridge.core.coerce import Refusal, typed_value
+from bridge.core.coerce import InputRejected, typed_value
 from bridge.core.dedup import Deduplicator
 from bridge.core.extract import MISSING, get_path
 from bridge.core.json_depth import nesting_depth
@@ -258,7 +258,7 @@ class Normalizer:
                 carried = self._carried(user_properties, outcome) if user_properties else []
                 delivery = (qos, retain)
                 self._message(mapping, route, topic, payload, now, outcome, carried, delivery)
-            except Refusal as refusal:
+            except InputRejected as refusal:
                 self._dead(mapping, topic, payload, now, refusal, topic.encode(), outcome)
             return outcome
         except Exception as exc:  # the crash barrier: see the module doc
@@ -272,7 +272,7 @@ class Normalizer:
         mapping = route.mapping if route is not None else None
         outcome = Outcome(mapping.name if mapping is not None else None)
         outcome.error = exc
-        refusal = Refusal(
+        refusal = InputRejected(
             INTERNAL_ERROR,
             f"{type(exc).__name__}: the bridge failed on this message ({shown(str(exc), 200)}); "
             "this is a bug, please report it with this record",
@@ -328,19 +328,19 @@ class Normalizer:
         delivery: tuple[int, bool],
     ) -> None:
         if len(payload) > self.max_payload:
-            raise Refusal(
+            raise InputRejected(
                 "payload_too_large",
                 f"payload is {len(payload)} bytes, the limit is {self.max_payload}",
             )
         if route.problem is not None:
-            raise Refusal("invalid_topic", route.problem)
+            raise InputRejected("invalid_topic", route.problem)
         segments = route.segments
         # Bound the nesting before decoding (see json_depth): counting the
         # opening brackets settles almost every message.
         if payload.count(b"[") + payload.count(b"{") > self.max_depth:
             depth = nesting_depth(payload, self.max_depth)
             if depth > self.max_depth:
-                raise Refusal(
+                raise InputRejected(
                     "too_deep",
                     f"payload nests at least {depth} levels deep, "
                     f"the limit is limits.max_json_depth = {self.max_depth}",
@@ -348,11 +348,13 @@ class Normalizer:
         try:
             doc = _decode(payload)
         except msgspec.DecodeError as exc:
-            raise Refusal("invalid_json", f"payload is not valid JSON: {exc}") from None
+            raise InputRejected("invalid_json", f"payload is not valid JSON: {exc}") from None
         except RecursionError:  # only if the stack was already deep: the scan bounds it
-            raise Refusal("too_deep", "payload nests too deeply to decode") from None
+            raise InputRejected("too_deep", "payload nests too deeply to decode") from None
         if not isinstance(doc, dict):
-            raise Refusal("not_an_object", f"payload is a JSON {type(doc).__name__}, not an object")
+            raise InputRejected(
+                "not_an_object", f"payload is a JSON {type(doc).__name__}, not an object"
+            )
         schema_version = self._schema_version(mapping, doc)
         raw_tenant = mapping.tenant(segments, doc)
         raw_device = mapping.device(segments, doc)
@@ -377,7 +379,7 @@ class Normalizer:
                     return
             if mapping.quality is not None:
                 quality = self._optional_text(mapping.quality, segments, doc, "quality")
-        except Refusal as refusal:
+        except InputRejected as refusal:
             self._dead(mapping, topic, payload, now, refusal, key, outcome)
             return
         if carried:
@@ -387,7 +389,7 @@ class Normalizer:
         records = outcome.records
         try:
             readings = self._readings(mapping, segments, doc)
-        except Refusal as refusal:
+        except InputRejected as refusal:
             self._dead(mapping, topic, payload, now, refusal, key, outcome)
             return
         allowed = self.plan.allowed_metrics.get((tenant, device))
@@ -397,14 +399,14 @@ class Normalizer:
         alarms = self.alarms if self.alarms.rules else None
         clean_topic = mapping.clean_topic
         for reading in readings:
-            if isinstance(reading, Refusal):
+            if isinstance(reading, InputRejected):
                 self._dead(mapping, topic, payload, now, reading, key, outcome)
                 continue
             name, value, metric_type, unit, metric_quality = reading
             if checked:
                 try:
                     unit = self._check_metric(name, value, metric_type, unit, allowed)
-                except Refusal as refusal:
+                except InputRejected as refusal:
                     refusal.metric = name
                     self._dead(mapping, topic, payload, now, refusal, key, outcome)
                     continue
@@ -486,14 +488,14 @@ class Normalizer:
             return 1
         version = _field(doc, mapping.schema_version_field)
         if version is MISSING:
-            raise Refusal("schema_version_unsupported", "schema_version is missing")
+            raise InputRejected("schema_version_unsupported", "schema_version is missing")
         if isinstance(version, bool) or not isinstance(version, int):
-            raise Refusal(
+            raise InputRejected(
                 "schema_version_unsupported", f"schema_version {shown(version)} is not an integer"
             )
         if version not in mapping.schema_versions:
             supported = ", ".join(str(v) for v in sorted(mapping.schema_versions))
-            raise Refusal(
+            raise InputRejected(
                 "schema_version_unsupported",
                 f"schema_version {shown(version)} is not supported (supported: {supported})",
             )
@@ -504,14 +506,14 @@ class Normalizer:
         joined by ``/`` (a Sparkplug device is ``edge_node/device``), each of
         which must be an identifier."""
         if value is MISSING or value is None:
-            raise Refusal("missing_field", f"{what} is missing from the message")
+            raise InputRejected("missing_field", f"{what} is missing from the message")
         if not isinstance(value, str):
-            raise Refusal("invalid_field", f"{what} {shown(value)} is not a string")
+            raise InputRejected("invalid_field", f"{what} {shown(value)} is not a string")
         problem = segment_problem(value, self.max_segment) if joined else None
         for part in value.split("/") if joined else (value,):
             problem = problem or self._identifier_problem(part)
         if problem:
-            raise Refusal("invalid_field", f"{what} {shown(value)} {problem}")
+            raise InputRejected("invalid_field", f"{what} {shown(value)} {problem}")
         return value
 
     def _check_identity(
@@ -520,7 +522,7 @@ class Normalizer:
         if mapping.device_field is not None:
             claimed = _field(doc, mapping.device_field)
             if claimed is not MISSING and claimed != device:
-                raise Refusal(
+                raise InputRejected(
                     "device_mismatch",
                     f"payload device {shown(claimed)} does not match the topic's device {device!r}",
                 )
@@ -530,16 +532,16 @@ class Normalizer:
             if spec is None:
                 owners = self.plan.device_tenants.get(device)
                 if owners:
-                    raise Refusal(
+                    raise InputRejected(
                         "device_tenant_mismatch",
                         f"device {device!r} is registered for tenant "
                         f"{' and '.join(map(repr, owners))}, not for {tenant!r}",
                     )
-                raise Refusal(
+                raise InputRejected(
                     "unknown_device", f"device {device!r} is not registered for tenant {tenant!r}"
                 )
             if not spec.active:
-                raise Refusal(
+                raise InputRejected(
                     "inactive_device", f"device {device!r} of tenant {tenant!r} is inactive"
                 )
 
@@ -547,13 +549,15 @@ class Normalizer:
         raw = _field(doc, mapping.ts_field) if mapping.ts_field is not None else MISSING
         if raw is MISSING or raw is None:
             if mapping.ts_required:
-                raise Refusal("invalid_ts", "the event time is missing and the mapping requires it")
+                raise InputRejected(
+                    "invalid_ts", "the event time is missing and the mapping requires it"
+                )
             return now.epoch_ms
         try:
             return mapping.ts_parser(raw)
         except TimestampError as exc:
             field = ".".join(mapping.ts_field or ())
-            raise Refusal("invalid_ts", f"{field}: {exc}") from None
+            raise InputRejected("invalid_ts", f"{field}: {exc}") from None
 
     @staticmethod
     def _optional_text(
@@ -565,16 +569,16 @@ class Normalizer:
         if value is MISSING or value is None:
             return None
         if not isinstance(value, str):
-            raise Refusal("invalid_field", f"{what} {shown(value)} is not a string")
+            raise InputRejected("invalid_field", f"{what} {shown(value)} is not a string")
         return value
 
     # ------------------------------------------------------------------ metrics
 
     def _readings(
         self, mapping: MappingPlan, segments: dict[str, str], doc: dict[str, Any]
-    ) -> list[Reading | Refusal]:
-        """Each metric of the message, or a Refusal for one that cannot be read.
-        A Refusal raised (not returned) concerns the whole message.  Lists, not
+    ) -> list[Reading | InputRejected]:
+        """Each metric of the message, or a InputRejected for one that cannot be read.
+        A InputRejected raised (not returned) concerns the whole message.  Lists, not
         generators: a generator frame per message costs more than the list."""
         if mapping.metrics_object is not None:
             return self._object_readings(mapping, doc)
@@ -584,24 +588,24 @@ class Normalizer:
 
     def _object_readings(
         self, mapping: MappingPlan, doc: dict[str, Any]
-    ) -> list[Reading | Refusal]:
+    ) -> list[Reading | InputRejected]:
         assert mapping.metrics_object is not None
         metrics = _field(doc, mapping.metrics_object)
         if metrics is MISSING or not isinstance(metrics, dict) or not metrics:
             where = ".".join(mapping.metrics_object)
-            raise Refusal("missing_metrics", f"{where} must be a non-empty object")
+            raise InputRejected("missing_metrics", f"{where} must be a non-empty object")
         if len(metrics) > self.max_metrics:
             where = ".".join(mapping.metrics_object)
-            raise Refusal(
+            raise InputRejected(
                 "too_many_metrics",
                 f"{where} has {len(metrics)} metrics, the limit is {self.max_metrics}",
             )
-        readings: list[Reading | Refusal] = []
+        readings: list[Reading | InputRejected] = []
         max_segment = self.max_segment
         for name, raw in metrics.items():
             if not name or len(name) > max_segment:
                 readings.append(
-                    Refusal(
+                    InputRejected(
                         "invalid_metric_name",
                         f"metric name {shown(name)} is empty or too long",
                         name,
@@ -615,58 +619,64 @@ class Normalizer:
                 continue
             try:
                 value, metric_type = typed_value(raw, self.max_string)
-            except Refusal as refusal:
+            except InputRejected as refusal:
                 where = ".".join(mapping.metrics_object)
-                readings.append(Refusal(refusal.reason, f"{where}.{name}: {refusal.detail}", name))
+                readings.append(
+                    InputRejected(refusal.reason, f"{where}.{name}: {refusal.detail}", name)
+                )
                 continue
             readings.append((name, value, metric_type, None, None))
         return readings
 
     def _declared_readings(
         self, mapping: MappingPlan, doc: dict[str, Any]
-    ) -> list[Reading | Refusal]:
-        readings: list[Reading | Refusal] = []
+    ) -> list[Reading | InputRejected]:
+        readings: list[Reading | InputRejected] = []
         present = 0
         for metric in mapping.declared:
             raw = _field(doc, metric.path)
             if raw is MISSING or raw is None:
                 if metric.required:
                     field = ".".join(metric.path)
-                    readings.append(Refusal("missing_field", f"{field} is missing", metric.name))
+                    readings.append(
+                        InputRejected("missing_field", f"{field} is missing", metric.name)
+                    )
                 continue
             present += 1
             try:
                 value, metric_type = metric.coerce(raw)
-            except Refusal as refusal:
-                readings.append(Refusal(refusal.reason, refusal.detail, metric.name))
+            except InputRejected as refusal:
+                readings.append(InputRejected(refusal.reason, refusal.detail, metric.name))
                 continue
             readings.append((metric.name, value, metric_type, metric.unit, None))
         if not present:
             # Only optional fields, none of them sent: nothing to report per metric,
             # and the message must not pass as valid with no metric at all.
             fields = ", ".join(".".join(m.path) for m in mapping.declared)
-            raise Refusal("missing_metrics", f"none of the declared fields is present ({fields})")
+            raise InputRejected(
+                "missing_metrics", f"none of the declared fields is present ({fields})"
+            )
         return readings
 
     def _single_reading(
         self, mapping: MappingPlan, segments: dict[str, str], doc: dict[str, Any]
-    ) -> Reading | Refusal:
+    ) -> Reading | InputRejected:
         """The one reading; a value its rule refuses is a metric-level refusal (the
         message was readable, so its raw bytes still go to the raw topic)."""
         single = mapping.single
         assert single is not None
         name = single.name(segments, doc)
         if not isinstance(name, str) or not name or len(name) > self.max_segment:
-            raise Refusal(
+            raise InputRejected(
                 "invalid_metric_name", f"metric name {shown(name)} is missing, empty or too long"
             )
         raw = _field(doc, single.value_path)
         if raw is MISSING or raw is None:
-            raise Refusal("missing_metrics", f"{'.'.join(single.value_path)} is missing")
+            raise InputRejected("missing_metrics", f"{'.'.join(single.value_path)} is missing")
         try:
             value, metric_type = single.coerce(raw)
-        except Refusal as refusal:
-            return Refusal(refusal.reason, refusal.detail, name)
+        except InputRejected as refusal:
+            return InputRejected(refusal.reason, refusal.detail, name)
         unit = self._optional_text(single.unit, segments, doc, "unit")
         quality = self._optional_text(single.quality, segments, doc, "quality")
         return name, value, metric_type, unit, quality
@@ -681,24 +691,24 @@ class Normalizer:
     ) -> str | None:
         """Catalog and registry checks; returns the unit to write."""
         if allowed is not None and name not in allowed:
-            raise Refusal("unknown_metric", f"metric {name!r} is not allowed for this device")
+            raise InputRejected("unknown_metric", f"metric {name!r} is not allowed for this device")
         if not self.catalog:
             return unit
         spec: MetricSpec | None = self.catalog.get(name)
         if spec is None:
-            raise Refusal("unknown_metric", f"metric {name!r} is not in the metric catalog")
+            raise InputRejected("unknown_metric", f"metric {name!r} is not in the metric catalog")
         if spec.type != metric_type:
-            raise Refusal(
+            raise InputRejected(
                 "metric_type_mismatch",
                 f"metric {name!r} is {metric_type}, the catalog says {spec.type}",
             )
         if metric_type == "numeric" and not isinstance(value, bool | str):
             if spec.min is not None and value < spec.min:
-                raise Refusal(
+                raise InputRejected(
                     "value_out_of_range", f"metric {name!r} = {value} is below min {spec.min}"
                 )
             if spec.max is not None and value > spec.max:
-                raise Refusal(
+                raise InputRejected(
                     "value_out_of_range", f"metric {name!r} = {value} is above max {spec.max}"
                 )
         return unit or spec.unit
@@ -710,7 +720,7 @@ class Normalizer:
         topic: str,
         payload: bytes,
         now: Now,
-        refusal: Refusal,
+        refusal: InputRejected,
         key: bytes,
         outcome: Outcome,
         binary: bool = False,

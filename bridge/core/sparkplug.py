@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.records import MetricType, Value
 from bridge.core.sparkplug_b_pb2 import DataType, Payload
 from bridge.core.timestamps import format_ms
@@ -95,12 +95,12 @@ def parse_topic(topic: str) -> SparkplugTopic | str:
 
 
 def decode_payload(payload: bytes) -> Payload:
-    """The decoded Payload; a Refusal ``invalid_protobuf`` when it is not one."""
+    """The decoded Payload; a InputRejected ``invalid_protobuf`` when it is not one."""
     try:
         return Payload.FromString(payload)
     except (DecodeError, ValueError, RuntimeError):  # RuntimeError: nesting too deep
         # protobuf's own message differs between its C and Python implementations.
-        raise Refusal(
+        raise InputRejected(
             "invalid_protobuf", "payload is not a Sparkplug B protobuf Payload message"
         ) from None
 
@@ -118,7 +118,7 @@ def metric_value(
     """A metric's value as a clean record holds it, by its Sparkplug datatype."""
     reader = _READERS.get(datatype)
     if reader is None:
-        raise Refusal(
+        raise InputRejected(
             "unsupported_datatype",
             f"metric {name!r} is a {datatype_name(datatype)}, which has no single value a record"
             " can hold (supported: integers, Float, Double, Boolean, String, Text, UUID, DateTime)",
@@ -141,14 +141,14 @@ def _integer(
         raw &= (1 << bits) - 1
         return (raw - (1 << bits) if raw >> (bits - 1) else raw), "numeric"
     if raw >> _UNSIGNED_BITS[datatype]:
-        raise Refusal(
+        raise InputRejected(
             "metric_type_invalid",
             f"metric {name!r}: {raw} does not fit {datatype_name(datatype)}",
             name,
         )
     if raw >= _INT64_LIMIT:
         # As for JSON: a record's integer fits a signed 64-bit consumer.
-        raise Refusal(
+        raise InputRejected(
             "value_out_of_range", f"metric {name!r}: UInt64 {raw} does not fit 64 signed bits", name
         )
     return raw, "numeric"
@@ -164,7 +164,9 @@ def _floating(
     else:
         raise _mismatch(name, datatype, field)
     if not math.isfinite(number):
-        raise Refusal("metric_type_invalid", f"metric {name!r}: {number!r} is not finite", name)
+        raise InputRejected(
+            "metric_type_invalid", f"metric {name!r}: {number!r} is not finite", name
+        )
     return (_shortest_float32(number) if field == "float_value" else number), "numeric"
 
 
@@ -183,7 +185,7 @@ def _text(
         raise _mismatch(name, datatype, field)
     text = metric.string_value
     if len(text) > max_string:
-        raise Refusal(
+        raise InputRejected(
             "metric_type_invalid", f"metric {name!r}: string longer than {max_string}", name
         )
     return text, "str"
@@ -209,8 +211,8 @@ _READERS = {
 }
 
 
-def _mismatch(name: str, datatype: int, field: str | None) -> Refusal:
-    return Refusal(
+def _mismatch(name: str, datatype: int, field: str | None) -> InputRejected:
+    return InputRejected(
         "metric_type_invalid",
         f"metric {name!r} is a {datatype_name(datatype)} but its value is in {field or 'no field'}",
         name,
@@ -221,7 +223,7 @@ def _iso(epoch_ms: int, name: str) -> str:
     try:
         return format_ms(epoch_ms)
     except (OverflowError, ValueError):
-        raise Refusal(
+        raise InputRejected(
             "metric_type_invalid", f"metric {name!r}: DateTime {epoch_ms} is out of range", name
         ) from None
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from msgspec.structs import replace
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.plan import MappingPlan
 from bridge.core.records import CleanRecord, DeviceEvent, Outgoing
 from bridge.core.sparkplug import (
@@ -92,16 +92,18 @@ class SparkplugMapper:
         try:
             parsed = parse_topic(topic)
             if isinstance(parsed, str) or route.problem is not None:
-                raise Refusal("invalid_topic", route.problem or str(parsed))
+                raise InputRejected("invalid_topic", route.problem or str(parsed))
             if parsed.message_type in ("STATE", "NCMD", "DCMD"):
                 return  # host and command traffic, not telemetry
             size = len(payload)
             if size > normalizer.max_payload:
                 limit = normalizer.max_payload
-                raise Refusal("payload_too_large", f"payload is {size} bytes, the limit is {limit}")
+                raise InputRejected(
+                    "payload_too_large", f"payload is {size} bytes, the limit is {limit}"
+                )
             decoded = decode_payload(payload)
             if len(decoded.metrics) > normalizer.max_metrics:
-                raise Refusal(
+                raise InputRejected(
                     "too_many_metrics",
                     f"{len(decoded.metrics)} metrics, the limit is {normalizer.max_metrics}",
                 )
@@ -112,7 +114,7 @@ class SparkplugMapper:
             )
             segments = {**filter_segments, **sparkplug_segments(parsed, parsed.device)}
             tenant, device, key, headers = self._who(mapping, segments, topic, delivery)
-        except Refusal as refusal:
+        except InputRejected as refusal:
             normalizer._dead(mapping, topic, payload, now, refusal, key, outcome, binary=True)
             return
         if resolved.rebirth:
@@ -174,13 +176,13 @@ class SparkplugMapper:
             schema_version=1,
         )
         for reading in resolved.readings:
-            if isinstance(reading, Refusal):
+            if isinstance(reading, InputRejected):
                 normalizer._dead(mapping, topic, payload, now, reading, key, outcome, binary=True)
                 continue
             name, value, metric_type, ts_ms = reading
             try:
                 unit = normalizer._check_metric(name, value, metric_type, None, allowed)
-            except Refusal as refusal:
+            except InputRejected as refusal:
                 refusal.metric = name
                 normalizer._dead(mapping, topic, payload, now, refusal, key, outcome, binary=True)
                 continue
@@ -212,7 +214,7 @@ class SparkplugMapper:
             segments = {**filter_segments, **sparkplug_segments(parsed, device)}
             try:
                 tenant, name, key, headers = self._who(mapping, segments, topic, delivery)
-            except Refusal:
+            except InputRejected:
                 continue
             record = DeviceEvent(
                 tenant=tenant, device_serial_id=name, event=event, ts=format_ms(ts_ms)

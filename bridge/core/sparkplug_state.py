@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.records import EventKind, MetricType, Value
 from bridge.core.sparkplug import (
     BD_SEQ_METRIC,
@@ -102,7 +102,7 @@ class Resolved:
     asked to publish its births again (already rate-limited); ``gap`` is the
     (expected, received) seq of a gap."""
 
-    readings: list[SparkplugReading | Refusal] = field(default_factory=list)
+    readings: list[SparkplugReading | InputRejected] = field(default_factory=list)
     events: list[tuple[str | None, EventKind, int]] = field(default_factory=list)
     rebirth: bool = False
     gap: tuple[int, int] | None = None
@@ -212,7 +212,7 @@ class SparkplugState:
 
     def _check_room(self) -> None:
         if len(self.nodes) + len(self.devices) >= self.max_entities:
-            raise Refusal(
+            raise InputRejected(
                 "too_many_devices",
                 f"the bridge already tracks {self.max_entities} Sparkplug nodes and devices",
             )
@@ -305,11 +305,13 @@ class SparkplugState:
         for metric in payload.metrics:
             name = metric.name
             if not name:
-                readings.append(Refusal("invalid_metric_name", "a birth metric has no name"))
+                readings.append(InputRejected("invalid_metric_name", "a birth metric has no name"))
                 continue
             if not metric.HasField("datatype"):
                 readings.append(
-                    Refusal("unsupported_datatype", f"birth metric {name!r} has no datatype", name)
+                    InputRejected(
+                        "unsupported_datatype", f"birth metric {name!r} has no datatype", name
+                    )
                 )
                 continue
             table.add(name, metric.datatype, metric.alias if metric.HasField("alias") else None)
@@ -330,7 +332,7 @@ class SparkplugState:
                 if entry is None:
                     unknown = True
                     readings.append(
-                        Refusal(
+                        InputRejected(
                             "unknown_alias",
                             f"alias {metric.alias} is in no birth certificate seen for this"
                             " node or device (a rebirth is requested when the mapping allows)",
@@ -340,13 +342,15 @@ class SparkplugState:
                     continue
                 name, datatype = entry
             else:
-                readings.append(Refusal("invalid_metric_name", "a metric has no name or alias"))
+                readings.append(
+                    InputRejected("invalid_metric_name", "a metric has no name or alias")
+                )
                 continue
             if metric.HasField("datatype"):
                 datatype = metric.datatype
             if datatype is None:
                 readings.append(
-                    Refusal(
+                    InputRejected(
                         "unsupported_datatype",
                         f"metric {name!r} has no datatype here nor in a birth certificate",
                         name,
@@ -362,14 +366,14 @@ class SparkplugState:
         name: str,
         datatype: int,
         message_ms: int,
-        readings: list[SparkplugReading | Refusal],
+        readings: list[SparkplugReading | InputRejected],
     ) -> None:
         if metric.is_null:
             self.counters.null_metrics += 1
             return
         try:
             value, metric_type = metric_value(metric, name, datatype, self._max_string)
-        except Refusal as refusal:
+        except InputRejected as refusal:
             readings.append(refusal)
             return
         ts = message_ms

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from bridge.core.coerce import Refusal, typed_value
+from bridge.core.coerce import InputRejected, typed_value
 from bridge.core.events import MalformedRecord, compact_json, decode_clean
 from bridge.core.extract import MISSING, Getter, get_path
 from bridge.core.normalize import Normalizer, Now
@@ -128,7 +128,7 @@ class JsonReader:
             for name, raw in found.items() if isinstance(found, dict) else ():
                 try:
                     metrics[name] = typed_value(raw, self.max_string)[0]
-                except Refusal:
+                except InputRejected:
                     continue
         for metric in self.declared:
             raw = get_path(doc, metric.path)
@@ -136,7 +136,7 @@ class JsonReader:
                 continue
             try:
                 metrics[metric.name] = metric.coerce(raw)[0]
-            except Refusal:
+            except InputRejected:
                 continue
         return metrics
 

@@ -285,7 +285,9 @@ class _SyncPoint:
 
 
 @dataclass(slots=True, eq=False)
-class _Reader:
+class _SegmentReader:
+    """Where the drain reads next: an open segment file and the frame it is at."""
+
     segment: _Segment
     fd: int
     offset: int
@@ -325,7 +327,7 @@ class Spool:
         self._dropped_total = 0
         self._corrupt_total = 0
         self._dir_dirty = False
-        self._reader: _Reader | None = None
+        self._reader: _SegmentReader | None = None
         self._read_high = 0
         self._lost: list[tuple[int, int]] = []
         self._active: _Segment | None = None
@@ -771,7 +773,7 @@ class Spool:
                     self._skip_corrupt(segment, reader.offset, reader.seq, decoded.stop.value)
             return out
 
-    def _position_reader(self) -> _Reader | None:
+    def _position_reader(self) -> _SegmentReader | None:
         """The reader at the segment holding ``_read_seq``, or the first one after
         it across a gap (None: nothing to read)."""
         if self._reader is not None and not self._reader.segment.deleted:
@@ -795,7 +797,7 @@ class Spool:
                 self._skip_corrupt(segment, 0, self._read_seq, reason)
                 continue
             # Start at the first frame; frames before _read_seq are skipped.
-            self._reader = _Reader(segment, fd, HEADER_SIZE, segment.first_seq)
+            self._reader = _SegmentReader(segment, fd, HEADER_SIZE, segment.first_seq)
             return self._reader
         return None
 

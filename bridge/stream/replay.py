@@ -122,7 +122,7 @@ def clean_event(
     return encode_event(kafka_event_id(*at), sent_at, record.json)
 
 
-class _Reader:
+class _GapReader:
     """The per-replay state: what is left to read and where each partition is."""
 
     def __init__(
@@ -203,7 +203,7 @@ async def replay(
 ) -> ReplayOutcome:
     """Send the missed events through ``send``, within ``stream.replay_timeout_s``
     and ``stream.replay_max_events``; past either the outcome is incomplete."""
-    reader = _Reader(ranges, cursor, filters, event)
+    reader = _GapReader(ranges, cursor, filters, event)
     if not ranges:
         return ReplayOutcome(True, reader.positions, 0)
     consumer = _consumer(kafka, stream)

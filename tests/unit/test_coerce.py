@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.core.coerce import Refusal, make_coercer, parse_number, typed_value
+from bridge.core.coerce import InputRejected, make_coercer, parse_number, typed_value
 
 
-def refused(call: object, raw: object) -> Refusal:
+def refused(call: object, raw: object) -> InputRejected:
     assert callable(call)
-    with pytest.raises(Refusal) as caught:
+    with pytest.raises(InputRejected) as caught:
         call(raw)
     return caught.value
 

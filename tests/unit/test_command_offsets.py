@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight, Publish
 from bridge.core.command_plan import CommandPlan, compile_command
 from bridge.core.settings import CommandMapping
@@ -164,7 +164,9 @@ def test_random_interleavings_never_commit_past_an_unacknowledged_record(
         elif kind == "fail" and sent:
             record = sent[n % len(sent)]
             if id(record) not in acked:
-                machine.dead_letter_not_taken(DeadLetter(record, Refusal("invalid_json", "test")))
+                machine.dead_letter_not_taken(
+                    DeadLetter(record, InputRejected("invalid_json", "test"))
+                )
         elif kind == "revoke":
             machine.revoked([("cmd", n)])
             owned[n] = []

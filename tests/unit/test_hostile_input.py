@@ -43,7 +43,7 @@ DOCUMENTED_REASONS = _documented_reasons()
 
 def test_every_reason_the_core_gives_is_documented() -> None:
     source = "\n".join(p.read_text() for p in (REPO / "bridge" / "core").glob("*.py"))
-    emitted = set(re.findall(r'Refusal\(\s*"([a-z_]+)"', source)) | {"internal_error"}
+    emitted = set(re.findall(r'InputRejected\(\s*"([a-z_]+)"', source)) | {"internal_error"}
     assert emitted == DOCUMENTED_REASONS
 
 

@@ -625,7 +625,7 @@ def test_the_table_covers_every_reason_the_core_can_give() -> None:
     # Sparkplug's reasons have their table in test_sparkplug_mapping.py.
     paths = [p for p in (REPO / "bridge" / "core").glob("*.py") if "sparkplug" not in p.name]
     source = "\n".join(p.read_text() for p in paths)
-    emitted = set(re.findall(r'Refusal\(\s*"([a-z_]+)"', source))
+    emitted = set(re.findall(r'InputRejected\(\s*"([a-z_]+)"', source))
     assert len(emitted) >= 20
     assert emitted == {row[3] for row in REASONS}
 

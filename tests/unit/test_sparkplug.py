@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.core.coerce import Refusal
+from bridge.core.coerce import InputRejected
 from bridge.core.sparkplug import (
     decode_payload,
     metric_value,
@@ -87,7 +87,7 @@ def test_uint32_is_read_from_int_value_too() -> None:
 )
 def test_datatypes_without_one_value_are_refused_naming_the_metric(datatype: int) -> None:
     value = b"\x01" if datatype in (enc.BYTES, enc.FILE) else True
-    with pytest.raises(Refusal) as caught:
+    with pytest.raises(InputRejected) as caught:
         one_value(datatype, value)
     assert (caught.value.reason, caught.value.metric) == ("unsupported_datatype", "m")
 
@@ -95,7 +95,7 @@ def test_datatypes_without_one_value_are_refused_naming_the_metric(datatype: int
 def test_array_types_are_refused() -> None:
     raw = enc.payload([enc.metric("arr", datatype=enc.INT32_ARRAY)])
     (m,) = decode_payload(raw).metrics
-    with pytest.raises(Refusal) as caught:
+    with pytest.raises(InputRejected) as caught:
         metric_value(m, "arr", enc.INT32_ARRAY, 256)
     assert caught.value.reason == "unsupported_datatype"
     assert "Int32Array" in caught.value.detail
@@ -114,20 +114,20 @@ def test_values_that_contradict_their_datatype_are_refused(
     datatype: int, value: object, declared: int
 ) -> None:
     (m,) = decode_payload(enc.payload([enc.metric("m", datatype=datatype, value=value)])).metrics
-    with pytest.raises(Refusal) as caught:
+    with pytest.raises(InputRejected) as caught:
         metric_value(m, "m", declared, 256)
     assert caught.value.reason == "metric_type_invalid"
 
 
 def test_uint64_beyond_signed_64_bits_is_out_of_range() -> None:
-    with pytest.raises(Refusal) as caught:
+    with pytest.raises(InputRejected) as caught:
         one_value(enc.UINT64, 2**63)
     assert caught.value.reason == "value_out_of_range"
 
 
 @pytest.mark.parametrize("data", [b"\xff\xff\xff", b"\x12\x05ab", b"\x08"])
 def test_malformed_protobuf_is_refused(data: bytes) -> None:
-    with pytest.raises(Refusal) as caught:
+    with pytest.raises(InputRejected) as caught:
         decode_payload(data)
     assert caught.value.reason == "invalid_protobuf"
 
@@ -145,7 +145,7 @@ def test_random_bytes_never_raise_anything_but_a_refusal() -> None:
                 data[rng.randrange(len(data))] = rng.randrange(256)
         try:
             state.handle(topic, decode_payload(bytes(data)), NOW_MS, 256, 1000)
-        except Refusal as refusal:
+        except InputRejected as refusal:
             assert refusal.reason == "invalid_protobuf"
 
 
@@ -197,7 +197,9 @@ class Node:
 
 
 def readings(resolved: Resolved) -> list[object]:
-    return [r if not isinstance(r, Refusal) else (r.reason, r.metric) for r in resolved.readings]
+    return [
+        r if not isinstance(r, InputRejected) else (r.reason, r.metric) for r in resolved.readings
+    ]
 
 
 BIRTH = enc.node_birth(
@@ -360,7 +362,7 @@ def test_the_state_is_bounded() -> None:
     node.state.max_entities = 2
     node.send("NBIRTH", BIRTH)
     node.send("DBIRTH", DBIRTH, "pump")
-    with pytest.raises(Refusal) as caught:
+    with pytest.raises(InputRejected) as caught:
         node.send("DBIRTH", DBIRTH, "valve")
     assert caught.value.reason == "too_many_devices"
 

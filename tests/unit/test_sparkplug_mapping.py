@@ -349,7 +349,7 @@ def test_dead_letter_reason_and_detail(
 
 def test_the_table_covers_every_reason_the_sparkplug_core_can_give() -> None:
     source = "\n".join(p.read_text() for p in (REPO / "bridge" / "core").glob("sparkplug*.py"))
-    emitted = set(re.findall(r'Refusal\(\s*"([a-z_]+)"', source))
+    emitted = set(re.findall(r'InputRejected\(\s*"([a-z_]+)"', source))
     assert emitted == {row[2] for row in REASONS}
 
 

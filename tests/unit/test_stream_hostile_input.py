@@ -185,7 +185,7 @@ def test_a_bug_in_the_action_handler_is_an_error_reply_with_the_filters_kept() -
 
 
 def test_kafka_errors_during_a_replay_are_logged_sampled() -> None:
-    reader = replay._Reader([ReplayRange("t", 0, 0, 100)], {}, START)
+    reader = replay._GapReader([ReplayRange("t", 0, 0, 100)], {}, START)
     failing = [Message(topic="t", partition=0, offset=5, error=KafkaError(KafkaError._TRANSPORT))]
     failing.append(Message(error=KafkaError(KafkaError._ALL_BROKERS_DOWN)))
     before = replay._kafka_errors.total
