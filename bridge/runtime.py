@@ -21,7 +21,6 @@ real: the spool directory and the listen address.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import socket
@@ -29,7 +28,6 @@ import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import confluent_kafka
 
@@ -38,11 +36,10 @@ from bridge.config_loader import ConfigError, apply_overrides, load_config
 from bridge.core.plan import Plan, PlanError, compile_config
 from bridge.core.settings import Config, LoadedConfig, SpoolSettings
 from bridge.io.http import ListenError, parse_listen
-from bridge.io.kafka_producer import producer_config
+from bridge.io.kafka_config import producer_config, refusal, stream_consumer_config
 from bridge.io.mqtt import parse_mqtt_url
 from bridge.io.tls import TlsConfigError, client_context
 from bridge.ops.logs import level_number
-from bridge.stream.consumer import consumer_config
 from bridge.stream.service import StreamSettingsError, check_settings
 
 
@@ -138,29 +135,6 @@ _KAFKA_FIELDS = {
 _PROPERTY = re.compile(r'property:? "([^"]+)"')
 
 
-#: librdkafka's log lines go here while a handle is only built to be checked:
-#: they are queued for a poll() that never comes, so none reach stderr.
-_QUIET = logging.getLogger("bridge.librdkafka.check")
-_QUIET.propagate = False
-_QUIET.addHandler(logging.NullHandler())
-
-
-def _build(kind: type[Any], conf: dict[str, Any]) -> str | None:
-    """Create a librdkafka handle with no broker to contact and close it:
-    None, or why librdkafka refused the configuration."""
-    try:
-        handle = kind({**conf, "bootstrap.servers": "", "logger": _QUIET})
-    except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
-        error = exc.args[0] if exc.args else exc
-        text = error.str() if isinstance(error, confluent_kafka.KafkaError) else str(error)
-        return re.sub(r"^Failed to create \w+: ", "", text.strip())
-    if isinstance(handle, confluent_kafka.Consumer):
-        handle.close()
-    else:
-        handle.flush(0)
-    return None
-
-
 def _kafka_field(message: str, sections: Sequence[tuple[str, Mapping[str, str]]]) -> str:
     """The setting a librdkafka complaint is about: the property it quotes,
     found in the user's properties tables, or one of [kafka]'s own keys."""
@@ -202,12 +176,12 @@ def librdkafka_problems(config: Config) -> list[str]:
     problems = _missing_files(sections)
     if problems:
         return problems
-    refused = _build(confluent_kafka.Producer, producer_config(kafka, "edge-bridge-check"))
+    refused = refusal(confluent_kafka.Producer, producer_config(kafka, "edge-bridge-check"))
     if refused:
         problems.append(f"{_kafka_field(refused, producer_sections)}: {refused}")
     elif stream.source != "local":
-        conf = consumer_config(kafka, stream, "edge-bridge-check")
-        refused = _build(confluent_kafka.Consumer, conf)
+        conf = stream_consumer_config(kafka, stream, "edge-bridge-check")
+        refused = refusal(confluent_kafka.Consumer, conf)
         if refused:
             problems.append(f"{_kafka_field(refused, sections)}: {refused}")
     return problems

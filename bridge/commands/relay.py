@@ -29,11 +29,11 @@ from bridge.core.normalize import Now, payload_text
 from bridge.core.records import DeadLetter as DeadLetter_
 from bridge.core.records import Outgoing
 from bridge.core.settings import KafkaSettings
+from bridge.io.kafka_config import command_consumer_config
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient
 from bridge.ops.logs import SampledLog
-from bridge.ops.memory_budget import CONSUMER_PREFETCH
 
 log = structlog.get_logger(__name__)
 
@@ -70,19 +70,9 @@ class CommandForwarder:
         self.published = 0
         self.dead_letters = 0
         m = plan.mapping
-        conf: dict[str, Any] = {
-            "bootstrap.servers": kafka.bootstrap,
-            "group.id": m.group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": m.start_from,
-            "session.timeout.ms": m.session_timeout_ms,
-            "heartbeat.interval.ms": max(m.session_timeout_ms // 3, 100),
-            "reconnect.backoff.max.ms": 10_000,
-            **CONSUMER_PREFETCH,  # bounded in bytes (bridge/ops/memory_budget.py)
+        self._conf = command_consumer_config(kafka, m) | {
+            "logger": librdkafka_logger(f"commands-{m.name}")
         }
-        conf.update(kafka.properties)
-        conf["logger"] = librdkafka_logger(f"commands-{m.name}")
-        self._conf = conf
         self.offsets = CommandOffsets(plan)
         # Publishes waiting for the broker's acknowledgement (paho's info).
         self._unacked: list[tuple[InFlight, Any]] = []

@@ -28,6 +28,7 @@ import trio
 
 from bridge.core.records import Outgoing
 from bridge.core.settings import KafkaSettings
+from bridge.io.kafka_config import producer_config
 from bridge.io.kafka_logs import librdkafka_logger
 
 log = structlog.get_logger(__name__)
@@ -55,24 +56,6 @@ class DeliveryWaiter(Protocol):
     """Whoever waits for a record: told once per record, on the trio side."""
 
     def delivered(self, error: confluent_kafka.KafkaError | None, message: Any) -> None: ...
-
-
-def producer_config(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
-    """librdkafka settings: safe defaults first, the user's ``properties`` last."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap,
-        "client.id": client_id,
-        "acks": "all",
-        "enable.idempotence": True,
-        "compression.type": settings.compression,
-        "linger.ms": settings.linger_ms,
-        "queue.buffering.max.messages": settings.queue_max_messages,
-        "message.timeout.ms": settings.delivery_timeout_ms,
-        # The default (1 s) floods the log when a broker is down; back off instead.
-        "reconnect.backoff.max.ms": 10_000,
-    }
-    conf.update(settings.properties)
-    return conf
 
 
 class KafkaProducer:

@@ -11,9 +11,10 @@ parts (docs/operations.md has the formula in words):
   replays, one per command mapping): librdkafka's queue,
   ``queued.max.messages.kbytes``, plus one fetch response in flight,
   ``fetch.max.bytes``, plus librdkafka's bookkeeping per queued record.
-  :data:`CONSUMER_PREFETCH` bounds these in bytes; librdkafka's own defaults
-  (64 MiB queued and 50 MiB per fetch, per consumer) are what made a stream
-  that fell behind a saturated ingest grow the daemon past 300 MiB.
+  :data:`bridge.io.kafka_config.CONSUMER_PREFETCH` bounds these in bytes;
+  librdkafka's own defaults (64 MiB queued and 50 MiB per fetch, per
+  consumer) are what made a stream that fell behind a saturated ingest grow
+  the daemon past 300 MiB.
 * ``producer_queue``: librdkafka's producer queue,
   ``kafka.queue_max_messages`` records (or ``queue.buffering.max.kbytes``,
   whichever bounds first) with their bookkeeping.
@@ -41,20 +42,10 @@ from dataclasses import dataclass
 from bridge.core.normalize import CACHE_ENTRIES
 from bridge.core.settings import Config
 from bridge.ingest.store_forward import DRAIN_BATCH
+from bridge.io.kafka_config import CONSUMER_PREFETCH
 from bridge.stream.hub import LOCAL_MEMORY
 
 MIB = 1 << 20
-
-#: The Kafka consumers' prefetch, in bytes; any of them can be overridden
-#: with ``kafka.properties`` or ``stream.consumer_properties``.  Queued
-#: records at most 8 MiB (and 5,000 per partition); one fetch at most 4 MiB,
-#: 1 MiB of it per partition.
-CONSUMER_PREFETCH: dict[str, int] = {
-    "queued.max.messages.kbytes": 8192,
-    "queued.min.messages": 5000,
-    "fetch.max.bytes": 4 << 20,
-    "max.partition.fetch.bytes": 1 << 20,
-}
 
 #: RSS of the daemon at a steady 10,000 msgs/s, stream and spool on
 #: (docs/benchmarks.md): interpreter, libraries, librdkafka's handles.

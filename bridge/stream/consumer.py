@@ -40,7 +40,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import msgspec
 import structlog
@@ -57,9 +57,9 @@ from confluent_kafka import (
 
 from bridge.core.events import Positions, iso_utc
 from bridge.core.settings import KafkaSettings, StreamSettings
+from bridge.io.kafka_config import stream_consumer_config
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.ops.logs import SampledLog
-from bridge.ops.memory_budget import CONSUMER_PREFETCH
 
 
 class RecordSink(Protocol):
@@ -144,35 +144,6 @@ def default_group_id() -> str:
     return f"edge-bridge-stream-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def consumer_config(kafka: KafkaSettings, stream: StreamSettings, group_id: str) -> dict[str, Any]:
-    """librdkafka settings: ours, then ``kafka.properties`` (SASL, TLS ...),
-    then ``stream.consumer_properties``, which win."""
-    return {
-        "bootstrap.servers": kafka.bootstrap,
-        "client.id": "edge-bridge-stream",
-        "group.id": group_id,
-        "auto.offset.reset": "latest",
-        # Commits only mean something for a group that outlives the process.
-        "enable.auto.commit": stream.group_id is not None,
-        "session.timeout.ms": stream.session_timeout_ms,
-        "heartbeat.interval.ms": max(100, stream.session_timeout_ms // 3),
-        "statistics.interval.ms": 5000,
-        # A subscribed topic that does not exist yet is looked for this often.
-        "topic.metadata.refresh.interval.ms": 5000,
-        # A live stream: do not let an idle fetch sit on new records.
-        "fetch.wait.max.ms": 100,
-        # Prefetch bounded in bytes (bridge/ops/memory_budget.py): librdkafka's own
-        # defaults queue up to 100,000 records per partition and 64 MiB, which
-        # a stream that falls behind a saturated ingest fills, for records no
-        # client may ever get.  Past these bounds librdkafka stops fetching.
-        **CONSUMER_PREFETCH,
-        # librdkafka retries a down broker every 100 ms by default; back off to 10 s.
-        "reconnect.backoff.max.ms": 10_000,
-        **kafka.properties,
-        **stream.consumer_properties,
-    }
-
-
 class _BrokerStats(msgspec.Struct):
     state: str = ""
     source: str = ""
@@ -252,7 +223,7 @@ class KafkaSource:
         while True:
             try:
                 consumer = Consumer(
-                    consumer_config(self._kafka, self._stream, self.group_id)
+                    stream_consumer_config(self._kafka, self._stream, self.group_id)
                     | {
                         "error_cb": self._on_error,
                         "stats_cb": self._on_stats,

@@ -33,9 +33,9 @@ from bridge.core.events import (
     sse_frame,
 )
 from bridge.core.settings import KafkaSettings, StreamSettings
+from bridge.io.kafka_config import replay_consumer_config
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.ops.logs import SampledLog
-from bridge.ops.memory_budget import CONSUMER_PREFETCH
 from bridge.stream.consumer import CLOSE_TIMEOUT_S, CONSUME_TIMEOUT_S, fetch
 
 #: A replay's Kafka errors, one per failing fetch of every resuming client:
@@ -77,21 +77,10 @@ def _unknown_partitions(consumer: Consumer, ranges: list[ReplayRange]) -> list[s
 
 
 def _consumer(kafka: KafkaSettings, stream: StreamSettings) -> Consumer:
+    group_id = f"edge-bridge-replay-{secrets.token_hex(4)}"
     return Consumer(
-        {
-            "bootstrap.servers": kafka.bootstrap,
-            "client.id": "edge-bridge-replay",
-            # Required by librdkafka, unused with assign() and no commits.
-            "group.id": f"edge-bridge-replay-{secrets.token_hex(4)}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 100,
-            **CONSUMER_PREFETCH,  # bounded in bytes, as the live stream's
-            **kafka.properties,
-            **stream.consumer_properties,
-            "logger": librdkafka_logger("stream-replay"),
-        }
+        replay_consumer_config(kafka, stream, group_id)
+        | {"logger": librdkafka_logger("stream-replay")}
     )
 
 

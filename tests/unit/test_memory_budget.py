@@ -7,14 +7,13 @@ import msgspec
 
 from bridge.config_loader import load_config
 from bridge.core.settings import Config, DeviceSpec, KafkaSettings, StreamSettings
+from bridge.io.kafka_config import CONSUMER_PREFETCH, stream_consumer_config
 from bridge.ops.memory_budget import (
     BASELINE_BYTES,
-    CONSUMER_PREFETCH,
     LIBRDKAFKA_RECORD_BYTES,
     MIB,
     memory_budget,
 )
-from bridge.stream.consumer import consumer_config
 
 
 def _default() -> Config:
@@ -69,8 +68,8 @@ def test_producer_kbytes_bound_and_tenants_of_the_registry() -> None:
 
 def test_stream_consumer_prefetch_is_bounded_in_bytes_unless_overridden() -> None:
     kafka = KafkaSettings()
-    conf = consumer_config(kafka, StreamSettings(), "g")
+    conf = stream_consumer_config(kafka, StreamSettings(), "g")
     for name, value in CONSUMER_PREFETCH.items():
         assert conf[name] == value
     override = StreamSettings(consumer_properties={"fetch.max.bytes": "2097152"})
-    assert consumer_config(kafka, override, "g")["fetch.max.bytes"] == "2097152"
+    assert stream_consumer_config(kafka, override, "g")["fetch.max.bytes"] == "2097152"
