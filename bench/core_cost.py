@@ -140,8 +140,7 @@ def run(stage: str, messages: int, bootstrap: str) -> tuple[int, float]:
 
         assert core is not None
         producer = KafkaProducer(KafkaSettings(bootstrap=bootstrap))
-        sink = Ingest(core, producer, IngestStats())
-        sink.mqtt = acks
+        sink = Ingest(core, producer, IngestStats(), acks)
         producer.after_reports = sink.after_reports
     started = time.process_time()
     count = 0

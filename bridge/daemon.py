@@ -6,14 +6,16 @@ Wiring, in start order:
    reloads), opened first so no early signal is lost;
 2. the embedded MQTT broker, when the config asks for it or nothing answers at
    the default local address;
-3. the Kafka producer's delivery-report task, and the disk spool with its
-   writer and drain tasks (:mod:`bridge.ingest.store_forward`);
+3. the Kafka producer's delivery-report task;
 4. the listen address: WebSocket and SSE stream, status, ``/metrics``,
-   ``/healthz`` and ``/readyz`` (503 until the next step is done), the console
+   ``/healthz`` and ``/readyz`` (503 until the MQTT client is up), the console
    page and its endpoints (:mod:`bridge.console`), and the progress sampler;
-5. the MQTT client, which feeds :class:`bridge.ingest.pipeline.Ingest`;
-6. the Kafka-to-MQTT command forwarders;
-7. with ``--watch-config``, the task that reloads when a config file changes
+5. the ingest path (:class:`bridge.ingest.pipeline.Ingest`), built with everything it
+   feeds, and the disk spool with its writer and drain tasks
+   (:mod:`bridge.ingest.store_forward`), built with the ingest path it reports to;
+6. the MQTT client, which feeds the ingest path;
+7. the Kafka-to-MQTT command forwarders;
+8. with ``--watch-config``, the task that reloads when a config file changes
    (:mod:`bridge.config_watch`).
 
 ``bridge.ready`` is logged (and, under systemd, READY=1 sent) once MQTT is
@@ -47,12 +49,15 @@ from bridge.console import first_run
 from bridge.console.api import Console, ConsoleSources, HealthInputs
 from bridge.console.deadletters import DeadLetterFeed, dead_letter_topics
 from bridge.console.progress import Counters, ProgressTracker, stalled_reasons
+from bridge.core.delivery import Tracked
+from bridge.core.mqtt_codec import InboundMessage
 from bridge.core.normalize import Normalizer
+from bridge.core.records import Outgoing
 from bridge.core.settings import Config
 from bridge.ingest.pipeline import Ingest
 from bridge.ingest.sparkplug_store import StateSaver, load_state
 from bridge.ingest.stats import IngestStats
-from bridge.ingest.store_forward import READ_ONLY, StoreAndForward
+from bridge.ingest.store_forward import READ_ONLY, SpoolIntake, StoreAndForward
 from bridge.io import sdnotify
 from bridge.io.embedded_broker import run_embedded_broker
 from bridge.io.http import ListenError, Request, Responder
@@ -113,11 +118,13 @@ class Daemon:
         self.producer = KafkaProducer(config.kafka, client_id=f"edge-bridge-{socket.gethostname()}")
         # A [kafka] setting: like the producer's own, it changes at a restart only.
         self.shutdown_flush_s = config.kafka.shutdown_flush_s
-        self.ingest = Ingest(self.normalizer, self.producer, self.stats)
-        self.ingest.sparkplug_changed = self.sparkplug.changed
-        self.producer.after_reports = self.ingest.after_reports
+        # Built in _run, once what it feeds exists (the stream, the console).
+        self.ingest: Ingest | None = None
         self.mqtt: MqttClient | None = None
-        self.forwarder: StoreAndForward | None = None
+        self.forwarder: StoreAndForward[Tracked[Outgoing]] | None = None
+        # What ingest also feeds, set up with the stream and the console.
+        self._local_feed: Callable[[bytes], None] | None = None
+        self._dead_letter_feed: Callable[[list[Outgoing]], None] | None = None
         self.stream: StreamService | None = None
         self.commands: list[CommandForwarder] = []
         self._spool_snapshot: SpoolStats | None = None
@@ -136,15 +143,25 @@ class Daemon:
 
     def _mqtt_client(self, mqtt_settings: Any) -> MqttClient:
         subscriptions = [(m.subscription, m.qos) for m in self.plan.mappings]
-        client = MqttClient(
+        return MqttClient(
             mqtt_settings,
             subscriptions,
-            self.ingest.handle_batch,
+            self._on_batch,
             self.runtime.mqtt_tls,
             max_payload_bytes=self.config.limits.max_payload_bytes,
+            on_session_lost=self._on_session_lost,
         )
-        self.ingest.mqtt = client
-        return client
+
+    # The MQTT client and ingest each need the other: the client is built
+    # first, and reaches ingest through these (no message comes before
+    # ingest is built: the client is started after).
+    def _on_batch(self, messages: list[InboundMessage], generation: int) -> None:
+        assert self.ingest is not None
+        self.ingest.handle_batch(messages, generation)
+
+    def _on_session_lost(self, generation: int) -> None:
+        assert self.ingest is not None
+        self.ingest.session_lost(generation)
 
     async def run(self) -> None:
         try:
@@ -177,11 +194,11 @@ class Daemon:
                     log.info("mqtt.external_broker", url=config.mqtt.url)
                 nursery.start_soon(self.producer.run)
                 nursery.start_soon(self.sparkplug.run)
-                await self._start_spool(nursery)
                 self.mqtt = self._mqtt_client(mqtt_settings)
                 self._first_run_secret()
                 # The listen address first: /readyz answers 503 while MQTT connects.
                 await self._start_stream(nursery)
+                await self._start_ingest(nursery, self.mqtt)
                 await nursery.start(self.mqtt.run)
                 for command in self.plan.commands:
                     forwarder = CommandForwarder(command, config.kafka, self.mqtt, self.producer)
@@ -205,38 +222,49 @@ class Daemon:
                         self.watch.interval_s,
                     )
 
-    async def _start_spool(self, nursery: trio.Nursery) -> None:
+    async def _start_ingest(self, nursery: trio.Nursery, mqtt: MqttClient) -> None:
+        """Open the spool, build the ingest path with everything it feeds and
+        the spool with the ingest path it reports to, start the spool's tasks,
+        and tell the ingest path the producer's state, now and from now on."""
         settings = self.config.spool
-        if not settings.enabled:
+        intake: SpoolIntake[Tracked[Outgoing]] | None = None
+        if settings.enabled:
+            path = spool_path(settings.path, dict(os.environ))
+            resolved = msgspec.structs.replace(settings, path=path)
+
+            def open_spool() -> Spool:
+                return Spool.from_settings(resolved)
+
+            spool, unavailable = await _first_open(open_spool, path, required=settings.required)
+            intake = SpoolIntake()
+        else:
             log.warning("spool.disabled", hint="records wait in memory while Kafka is down")
-            return
-        path = spool_path(settings.path, dict(os.environ))
-        resolved = msgspec.structs.replace(settings, path=path)
-
-        def open_spool() -> Spool:
-            return Spool.from_settings(resolved)
-
-        spool, unavailable = await _first_open(open_spool, path, required=settings.required)
-        forwarder = StoreAndForward(
-            spool,
+        ingest = self.ingest = Ingest(
+            self.normalizer,
             self.producer,
             self.stats,
-            fsync_interval_s=settings.fsync_interval_ms / 1000,
-            open_spool=open_spool,
-            unavailable=unavailable,
+            mqtt,
+            spool=intake,
+            local_feed=self._local_feed,
+            local_topics=frozenset(self.config.stream.topics),
+            dead_letter_feed=self._dead_letter_feed,
+            sparkplug_changed=self.sparkplug.changed,
         )
-        forwarder.on_written = self._flush_acks
-        forwarder.on_release = self.ingest.take_back
-        self.producer.on_state = lambda state: (
-            forwarder.activate("Kafka is unreachable") if state == "down" else None
-        )
-        self.ingest.spool = forwarder
-        self.forwarder = forwarder
-        nursery.start_soon(forwarder.run)
-
-    def _flush_acks(self) -> None:
-        if self.mqtt is not None:
-            self.mqtt.flush_writes()
+        if intake is not None:
+            self.forwarder = StoreAndForward(
+                spool,
+                self.producer,
+                self.stats,
+                intake,
+                ingest,
+                fsync_interval_s=settings.fsync_interval_ms / 1000,
+                open_spool=open_spool,
+                unavailable=unavailable,
+            )
+            nursery.start_soon(self.forwarder.run)
+        self.producer.after_reports = ingest.after_reports
+        self.producer.on_state = ingest.kafka_state
+        ingest.kafka_state(self.producer.state)  # it may have changed before the hook
 
     async def _start_stream(self, nursery: trio.Nursery) -> None:
         try:
@@ -250,8 +278,7 @@ class Daemon:
         stream = self.stream
         self.reload_hooks.append(lambda runtime: stream.reload(runtime.config, runtime.auth))
         if self.config.stream.source != "kafka":
-            self.ingest.local_feed = self.stream.feed_local
-            self.ingest.local_topics = frozenset(self.config.stream.topics)
+            self._local_feed = self.stream.feed_local
         self._mount_operations(self.stream)
         self._mount_console(nursery, self.stream)
         nursery.start_soon(self._sample_progress)
@@ -282,7 +309,7 @@ class Daemon:
         if not self.config.console.enabled:
             return
         feed = DeadLetterFeed(lambda: self.plan)
-        self.ingest.dead_letter_feed = feed.publish_local
+        self._dead_letter_feed = feed.publish_local
         sources = ConsoleSources(
             config=lambda: self.config,
             plan=lambda: self.plan,
@@ -346,8 +373,6 @@ class Daemon:
 
     def _mount_operations(self, stream: StreamService) -> None:
         """/metrics, /healthz and /readyz on the stream server's routes."""
-        forwarder = self.forwarder
-
         registry = metrics.build_registry(
             metrics.Sources(
                 stats=self.stats,
@@ -356,9 +381,7 @@ class Daemon:
                 kafka_state=lambda: self.producer.state,
                 kafka_queue=lambda: len(self.producer),
                 spool=lambda: self._spool_snapshot,
-                spool_available=(
-                    None if forwarder is None else lambda: forwarder.unavailable is None
-                ),
+                spool_available=(self._spool_available if self.config.spool.enabled else None),
                 stream=stream.status,
                 commands=lambda: {f.plan.mapping.name: f for f in self.commands},
                 ack_wait=lambda: self.tracker.ack_wait_s(trio.current_time()),
@@ -387,6 +410,9 @@ class Daemon:
         stream.router.add("/metrics", metrics_endpoint)
         stream.router.add("/healthz", healthz)
         stream.router.add("/readyz", readyz)
+
+    def _spool_available(self) -> bool:
+        return self.forwarder is not None and self.forwarder.unavailable is None
 
     def _sparkplug_counts(self) -> dict[str, int] | None:
         if self.normalizer.sparkplug is None:
@@ -467,7 +493,9 @@ class Daemon:
         config, plan = runtime.config, runtime.plan
         changed = _restart_only_changes(self.config, config)
         self.runtime, self.config, self.plan = runtime, config, plan
-        self.normalizer = self.ingest.normalizer = normalizer
+        self.normalizer = normalizer
+        if self.ingest is not None:
+            self.ingest.normalizer = normalizer
         failed = [name for name, step in self._live_steps(runtime) if not _applied(name, step)]
         self.reloads["incomplete" if failed else "applied"] += 1
         log.info(
@@ -504,21 +532,24 @@ class Daemon:
 
     async def _drain(self) -> None:
         """Stop taking messages, wait for Kafka to acknowledge what is in flight,
-        send the MQTT acknowledgements, disconnect."""
+        give up on the rest (the delivery machine spools what it can and
+        leaves the rest unacknowledged), send the MQTT acknowledgements,
+        disconnect."""
         if self.mqtt is not None:
             self.mqtt.pause()
         remaining = await self.producer.flush(self.shutdown_flush_s)
-        forwarder = self.ingest.spool
-        if remaining and forwarder is not None:
-            log.warning("kafka.unflushed_at_exit", records=remaining, action="spooled")
-            self.producer.purge()
-            await forwarder.write_queued(wait_for_room=False)
-        elif remaining:
+        if self.ingest is not None:
+            self.ingest.shutdown()
+        if remaining:
             log.warning(
                 "kafka.unflushed_at_exit",
                 records=remaining,
-                hint="their MQTT messages were not acknowledged; the broker redelivers them",
+                hint="spooled if the spool takes them; otherwise their MQTT messages are "
+                "not acknowledged and the broker redelivers them",
             )
+            self.producer.purge()  # each gets a failed report: the machine decides
+        if self.forwarder is not None:
+            await self.forwarder.write_queued(wait_for_room=False)
         if self.mqtt is not None:
             self.mqtt.flush_writes()
             await self.mqtt.disconnect()
@@ -528,7 +559,7 @@ class Daemon:
             "bridge.stopped",
             received=sum(self.stats.received.values()),
             acked=self.stats.acked,
-            in_flight=self.ingest.in_flight,
+            in_flight=self.ingest.in_flight if self.ingest is not None else 0,
         )
 
 

@@ -9,12 +9,11 @@ carry out the actions it returns (:class:`Produce`, :class:`Spool`,
 :class:`Settled` with or without an acknowledgement, :class:`Dropped`,
 :class:`SpoolActive`, :class:`SpoolDrained`, :class:`SpoolBypassed`).
 
-The rules it encodes are those of docs/operations.md, today carried out by
-:mod:`bridge.ingest.pipeline` (``Ingest.handle_batch``, ``_not_taken``, ``_spool``,
-``on_delivery``, ``finish_one``, ``after_reports``, ``take_back``),
-:mod:`bridge.ingest.store_forward` (``activate``, ``usable``, ``refusing``, the drain
-round's release and deactivation, ``_mark_available``) and the daemon's
-wiring of the producer's state to the spool:
+The rules it encodes are those of docs/operations.md, and only here: the
+adapters translate.  :mod:`bridge.ingest.pipeline` feeds it MQTT messages, Kafka's
+delivery reports, the producer's state, the session's loss and shutdown, and
+carries out its actions; :mod:`bridge.ingest.store_forward` reports what the spool
+did (synced, full, accepting, unavailable, available, a backlog, drained):
 
 1. A QoS 1 message is acknowledged only once every record made from it is
    held: delivered by Kafka, or in the spool with the ``fsync`` covering it
@@ -42,9 +41,12 @@ wiring of the producer's state to the spool:
    waiting for it go to Kafka in their order and the spool stops being
    active (``spool.bypassed``); once its disk recovers it is activated again
    at once if Kafka is unreachable.
-8. After shutdown began nothing new is taken and nothing is produced: a
-   failed record still goes to the spool if it can, anything else is
-   abandoned unacknowledged (the broker delivers it again to the next run).
+8. Once shutdown gives up on Kafka (the daemon stopped reading MQTT, then
+   gave Kafka ``kafka.shutdown_flush_s`` to take what was in flight) nothing
+   new is taken and nothing is produced: a failed record (the daemon purges
+   the producer, so every record Kafka did not confirm fails) still goes to
+   the spool if it can, anything else is abandoned unacknowledged (the
+   broker delivers it again to the next run).
 
 Each record is in exactly one state at a time; an event that does not fit a
 record's state (a sync or report that lost a race with another one) is
@@ -218,13 +220,14 @@ class Delivery(Generic[R]):
         """``message`` made ``records``.
 
         None is the hot path, *direct*: hand every record to the producer, in
-        order, with the message as their delivery waiter, and report each with
-        :meth:`delivered_direct` or :meth:`failed_direct`; if the queue refuses
-        one, report it and the records after it (not tried) with
+        order, with the message as their delivery waiter; count each success
+        down in ``message.remaining`` and report the last with
+        :meth:`delivered_direct`, a failure with :meth:`failed_direct`; if the
+        queue refuses one, report it and the records after it (not tried) with
         :meth:`not_taken_direct`.  Otherwise the actions to carry out.  This
-        split keeps the common case at one object per message, as before the
-        rules moved here (a :class:`Tracked` is made only for a record that
-        leaves the direct path)."""
+        split keeps the common case at one object per message and one call
+        into the machine per message (a :class:`Tracked` is made only for a
+        record that leaves the direct path)."""
         if self.closing:
             return []  # not taken: the broker delivers it again
         if message.generation > self.generation:
@@ -306,15 +309,19 @@ class Delivery(Generic[R]):
             out.append(Produce(item))
         return out
 
-    def delivered_direct(self, message: Message) -> Settled | None:
-        """Kafka acknowledged a record of a direct message: the settlement when
-        it was the message's last.  (A direct record has one report and no
-        other place to be, so it has no race to lose.)"""
-        message.remaining -= 1
-        if message.remaining:
-            return None
+    def delivered_direct(self, message: Message) -> bool:
+        """Kafka acknowledged the last outstanding record of a direct message;
+        returns whether to acknowledge the message.
+
+        The adapter counts a direct message's successful reports itself, one
+        decrement of ``message.remaining`` each and no call (this runs for
+        every record), and calls this when the count reaches zero: the
+        message is settled.  (A direct record has one report and no other
+        place to be, so it has no race to lose; records of the message that
+        left the direct path count down through :meth:`synced` and
+        :meth:`delivered`, and whichever brings the count to zero settles.)"""
         self.pending -= 1
-        return Settled(message, message.mid is not None and message.generation == self.generation)
+        return message.mid is not None and message.generation == self.generation
 
     def failed_direct(self, message: Message, record: R) -> list[Action[R]]:
         """Kafka gave up on a record of a direct message."""
@@ -386,9 +393,11 @@ class Delivery(Generic[R]):
         self.full = False
 
     def spool_unavailable(self) -> None:
-        """The spool's disk refused it; records waiting for it keep waiting."""
+        """The spool's disk refused it; records waiting for it keep waiting.
+        Whether it is full is known again after its next append."""
         if self.spool_enabled:
             self.unavailable = True
+            self.full = False
 
     def spool_available(self) -> list[Action[R]]:
         """The spool's disk takes writes again."""
@@ -422,8 +431,8 @@ class Delivery(Generic[R]):
 
     # ------------------------------------------------------------------ lifetime
     def shutdown(self) -> list[Action[R]]:
-        """Shutdown began: nothing new is taken or produced; the overflow is
-        abandoned (unacknowledged: the broker delivers it again)."""
+        """Shutdown gives up on Kafka: nothing new is taken or produced; the
+        overflow is abandoned (unacknowledged: the broker delivers it again)."""
         self.closing = True
         for item in self._overflow:
             self._abandon(item)

@@ -1,22 +1,22 @@
-"""MQTT messages -> core -> Kafka, and the acknowledgement bookkeeping between.
+"""MQTT messages -> core -> Kafka, carrying out the delivery machine's decisions.
 
-The rule this module keeps: a QoS 1 message is acknowledged to the broker only
-when Kafka has acknowledged every record made from it (clean, raw, dead letter,
-alarm).  Each message gets a :class:`PendingMessage` counting its records; each
-delivery report decrements it; at zero the MQTT acknowledgement is queued, and
-all acknowledgements of one batch of reports go out in one write.
+Every rule of the guarantee (docs/operations.md) is decided by
+:class:`bridge.core.delivery.Delivery`: when a QoS 1 message is acknowledged
+and on which session, whether a record goes to Kafka, to the spool, waits in
+memory or is dropped, when the spool takes over and hands back, what shutdown
+abandons.  This module only translates: MQTT batches, Kafka delivery reports,
+the spool's events (:class:`bridge.ingest.store_forward.SpoolEvents`), the producer's
+state and the session's loss into the machine's events, and its actions into
+library calls (produce, the spool's intake, MQTT acknowledgements, counters,
+logs).
 
-When Kafka cannot take a record (delivery failed after the delivery timeout,
-or librdkafka's queue is full), the record goes to the disk spool
-(:mod:`bridge.ingest.store_forward`) and counts as delivered once the spool has synced
-it.  With the spool disabled, a failed record is produced again (an outage
-longer than the timeout costs duplicates, never loss) and QoS 0 messages that
-find the queue full are dropped and counted rather than stalling MQTT.  QoS 0
-records are dropped and counted the same way while a full or unavailable spool
-refuses records: only QoS 1 messages can be held back at the broker.  A spool
-whose disk failed and that holds nothing more to drain is out of the way
-(``StoreAndForward.usable`` is false): records are handled as with the spool
-disabled until it can be written again.
+The hot path costs what it cost before the machine: a message whose records
+all go straight to Kafka is one :class:`PendingMessage`, the delivery waiter
+of all its records, which counts their reports down itself; the machine is
+called once per message, when the count reaches zero.  A record that fails,
+is refused or goes to the spool leaves that path: the machine tracks it
+(:class:`bridge.core.delivery.Tracked`) and its report goes to the machine.
+All acknowledgements of one batch of reports go out in one write.
 
 No message can stop this loop: :meth:`Normalizer.process` never raises (its
 crash barrier turns an exception into an ``internal_error`` dead letter), so
@@ -27,92 +27,157 @@ held, and the exception is counted and logged here with its traceback, sampled.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import structlog
 
+from bridge.core.delivery import (
+    Action,
+    Delivery,
+    Dropped,
+    Message,
+    Produce,
+    Settled,
+    Spool,
+    SpoolActive,
+    SpoolBypassed,
+    SpoolDrained,
+    Tracked,
+)
 from bridge.core.mqtt_codec import InboundMessage
 from bridge.core.normalize import Normalizer, Now
 from bridge.core.records import Outgoing
 from bridge.core.sparkplug_mapping import SparkplugMapper
 from bridge.ingest.stats import IngestStats
-from bridge.ingest.store_forward import StoreAndForward, Waiter
-from bridge.io.kafka_producer import KafkaProducer
-from bridge.io.mqtt import MqttClient
+from bridge.ingest.store_forward import SpoolIntake
+from bridge.io.kafka_producer import DeliveryWaiter
 from bridge.ops.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 
 
-class PendingMessage:
-    """One MQTT message waiting for its Kafka deliveries."""
+class Producer(Protocol):
+    """What ingest needs of the Kafka producer."""
 
-    __slots__ = ("generation", "ingest", "mid", "remaining", "started")
+    def produce(self, record: Outgoing, waiter: DeliveryWaiter | None) -> bool: ...
+
+
+class MqttSession(Protocol):
+    """What ingest needs of the MQTT client."""
+
+    connected: bool
+
+    def ack(self, generation: int, mid: int) -> None: ...
+
+    def flush_writes(self) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, *, qos: int) -> object: ...
+
+
+class PendingMessage(Message):
+    """One MQTT message until its records are held, and the delivery waiter of
+    those of its records that go straight to Kafka."""
+
+    __slots__ = ("ingest", "started")
 
     def __init__(
-        self, ingest: Ingest, generation: int, mid: int | None, remaining: int, started: float
+        self, ingest: Ingest, generation: int, mid: int | None, started: float | None
     ) -> None:
+        Message.__init__(self, generation, mid)
         self.ingest = ingest
-        self.generation = generation
-        self.mid = mid  # None for QoS 0: nothing to acknowledge
-        self.remaining = remaining
-        self.started = started  # when its batch was received (time.monotonic)
+        # When its batch was received (time.monotonic); None: it made no
+        # record, so there is no delivery time to observe.
+        self.started = started
 
     def delivered(self, error: Any, message: Any) -> None:
-        """One delivery report.  The usual one, a success, is handled here
-        without further calls: this runs for every record."""
+        """One delivery report.  The usual one, a success, is counted here
+        without further calls (this runs for every record); the machine hears
+        of the message when its last record is in."""
         ingest = self.ingest
         if error is not None:
-            ingest.on_delivery(self, error, message)
+            ingest.failed_direct(self, error, message)
             return
         ingest.stats.produced[message.topic()] += 1
         self.remaining -= 1
         if not self.remaining:
-            ingest.finished(self)
+            ingest.settle(self, ingest.delivery.delivered_direct(self))
 
-    def stored(self) -> None:
-        """One of its records is durably in the spool."""
-        self.ingest.finish_one(self)
+
+class _Report:
+    """The delivery waiter of a record the machine tracks (one that left the
+    direct path): its report goes to the machine."""
+
+    __slots__ = ("ingest", "item")
+
+    def __init__(self, ingest: Ingest, item: Tracked[Outgoing]) -> None:
+        self.ingest = ingest
+        self.item = item
+
+    def delivered(self, error: Any, message: Any) -> None:
+        ingest = self.ingest
+        if error is not None:
+            ingest.count_failure(error, message)
+            ingest.carry_out(ingest.delivery.failed(self.item))
+            return
+        ingest.stats.produced[message.topic()] += 1
+        ingest.carry_out(ingest.delivery.delivered(self.item))
 
 
 class Ingest:
-    """The ingest path; ``handle_batch`` is the MQTT client's batch handler."""
+    """The ingest path; ``handle_batch`` is the MQTT client's batch handler.
 
-    def __init__(self, normalizer: Normalizer, producer: KafkaProducer, stats: IngestStats) -> None:
+    ``spool``: the spool's intake (None: no spool); ``local_feed`` (edge-local
+    mode): told the clean records of ``local_topics``, which the stream hub
+    shows while Kafka does not feed the stream; ``dead_letter_feed`` (the
+    console): told the records of each message that made a dead letter (rare,
+    so it costs nothing on the clean path); ``sparkplug_changed``: told when a
+    batch changed the Sparkplug state (births, deaths), to save it.
+    """
+
+    def __init__(
+        self,
+        normalizer: Normalizer,
+        producer: Producer,
+        stats: IngestStats,
+        session: MqttSession,
+        *,
+        spool: SpoolIntake[Tracked[Outgoing]] | None = None,
+        local_feed: Callable[[bytes], None] | None = None,
+        local_topics: frozenset[str] = frozenset(),
+        dead_letter_feed: Callable[[list[Outgoing]], None] | None = None,
+        sparkplug_changed: Callable[[], None] | None = None,
+    ) -> None:
         self.normalizer = normalizer
         self.producer = producer
         self.stats = stats
-        self.mqtt: MqttClient | None = None
-        self.spool: StoreAndForward | None = None
-        # Edge-local mode: clean records of these topics also go straight to the
-        # stream hub, which shows them while Kafka does not feed the stream.
-        self.local_feed: Callable[[bytes], None] | None = None
-        self.local_topics: frozenset[str] = frozenset()
-        # The console's dead-letter feed: the records of each message that made
-        # a dead letter (rare, so it costs nothing on the clean path).
-        self.dead_letter_feed: Callable[[list[Outgoing]], None] | None = None
-        self._overflow: deque[tuple[Outgoing, PendingMessage]] = deque()
+        self.session = session
+        self.spool = spool
+        self.local_feed = local_feed
+        self.local_topics = local_topics
+        self.dead_letter_feed = dead_letter_feed
+        self.sparkplug_changed = sparkplug_changed
+        self.delivery: Delivery[Outgoing] = Delivery(spool=spool is not None)
         self._unmatched_log = SampledLog("ingest.unmatched_topic", level="info")
         self._failure_log = SampledLog("kafka.delivery_failed", level="error")
         self._dropped_log = SampledLog("ingest.qos0_dropped", level="error")
         self._truncated_log = SampledLog("ingest.user_properties_truncated")
         self._internal_log = SampledLog("ingest.internal_error", level="error")
-        # Told when a batch changed the Sparkplug state (births, deaths): saves it.
-        self.sparkplug_changed: Callable[[], None] | None = None
         self._gap_log = SampledLog("sparkplug.seq_gap")
         self._rebirth_log = SampledLog("sparkplug.rebirth_requested", level="info")
 
     # ------------------------------------------------------------------ MQTT side
     def handle_batch(self, messages: list[InboundMessage], generation: int) -> None:
-        """Normalize and produce one wake-up's messages (runs on the trio thread)."""
+        """Normalize one wake-up's messages and hand their records on as the
+        machine says (runs on the trio thread)."""
         now = Now(time.time_ns() // 1_000_000)
         started = time.monotonic()
         process = self.normalizer.process
         produce = self.producer.produce
+        delivery = self.delivery
+        arrive = delivery.arrive
         stats = self.stats
-        acks = []
+        feed = self.local_feed
         for message in messages:
             topic = message.topic
             outcome = process(
@@ -140,39 +205,38 @@ class Ingest:
                     if outcome.error is not None:
                         self._internal_error(outcome.error, topic, mapping)
             records = outcome.records
-            qos1 = message.qos > 0
-            if not records:
-                if qos1:
-                    acks.append(message.mid)
-                continue
-            mid = message.mid if qos1 else None
-            pending = PendingMessage(self, generation, mid, len(records), started)
-            stats.pending_messages += 1
-            spool = self.spool
-            feed = self.local_feed
-            for record in records:
-                if feed is not None and record.topic in self.local_topics:
-                    feed(record.value)
-                if spool is not None and spool.active:
-                    self._spool(record, pending)
-                elif self._overflow or not produce(record, pending):
-                    self._not_taken(record, pending)
-        if acks and self.mqtt is not None:
-            for mid in acks:
-                self.mqtt.ack(generation, mid)
-            stats.acked += len(acks)
+            if feed is not None:
+                self._feed_local(feed, records)
+            pending = PendingMessage(
+                self, generation, message.mid if message.qos else None, started if records else None
+            )
+            actions = arrive(pending, records)
+            if actions is None:  # the direct path: every record to Kafka
+                for index, record in enumerate(records):
+                    if not produce(record, pending):
+                        self.carry_out(delivery.not_taken_direct(pending, records[index:]))
+                        break
+            elif actions:
+                self.carry_out(actions)
+        stats.pending_messages = delivery.pending
         sparkplug = self.normalizer.sparkplug
         if sparkplug is not None:
             self._sparkplug_after_batch(sparkplug)
+
+    def _feed_local(self, feed: Callable[[bytes], None], records: list[Outgoing]) -> None:
+        topics = self.local_topics
+        for record in records:
+            if record.topic in topics:
+                feed(record.value)
 
     def _sparkplug_after_batch(self, sparkplug: SparkplugMapper) -> None:
         """Publish the rebirth requests the batch asked for, log its seq gaps
         (sampled), and have a changed state saved."""
         for topic, payload in sparkplug.take_commands():
             error = None
-            if self.mqtt is not None and self.mqtt.connected:
+            if self.session.connected:
                 try:
-                    self.mqtt.publish(topic, payload, qos=0)
+                    self.session.publish(topic, payload, qos=0)
                 except (ValueError, OSError, RuntimeError) as exc:  # never ends the batch
                     error = f"{type(exc).__name__}: {exc}"
             self._rebirth_log(topic=topic, error=error)
@@ -192,88 +256,113 @@ class Ingest:
             exc_info=error,
         )
 
-    def _not_taken(self, record: Outgoing, pending: PendingMessage) -> None:
-        """librdkafka's queue is full: spool, hold (QoS 1) or drop (QoS 0)."""
-        if self.spool is not None and self.spool.usable:
-            self.spool.activate("the Kafka producer queue is full")
-            self._spool(record, pending)
-        elif pending.mid is not None:
-            self._overflow.append((record, pending))
-        else:
-            self._drop_qos0(pending, "Kafka is slower than the QoS 0 inflow or down; use QoS 1")
+    def session_lost(self, generation: int) -> None:
+        """The MQTT connection is gone; ``generation`` is the next one."""
+        self.delivery.session_lost(generation)
 
-    def _spool(self, record: Outgoing, pending: PendingMessage) -> None:
-        """Queue a record for the spool.  While a full or unavailable spool
-        refuses records, a QoS 0 record is dropped and counted instead: no
-        acknowledgement holds QoS 0 messages back at the broker, so they would
-        pile up in memory."""
-        assert self.spool is not None
-        if pending.mid is None and self.spool.refusing:
-            self._drop_qos0(
-                pending, "the spool is full or unavailable; use QoS 1 to have the broker hold them"
-            )
-            return
-        self.spool.put(record, pending)
-        self.stats.spooled += 1
+    # ------------------------------------------------------------------ the machine's actions
+    def carry_out(self, actions: list[Action[Outgoing]]) -> None:
+        """Carry out the machine's actions, in order."""
+        delivery = self.delivery
+        for action in actions:
+            if isinstance(action, Produce):
+                item = action.item
+                if self.producer.produce(item.record, _Report(self, item)):
+                    continue
+                if action.retry:  # the rest of the retry stays in the overflow
+                    delivery.retry_refused(item)
+                    return
+                self.carry_out(delivery.not_taken(item))
+            elif isinstance(action, Spool):
+                assert self.spool is not None, "the machine spools only with a spool"
+                self.spool.put(action.item.record, action.item)
+                self.stats.spooled += 1
+            elif isinstance(action, Settled):
+                message = action.message
+                assert isinstance(message, PendingMessage)
+                self.settle(message, action.ack)
+            elif isinstance(action, Dropped):
+                self.stats.dropped_qos0 += 1
+                self._dropped_log(hint=action.hint)
+            elif isinstance(action, SpoolActive):
+                log.warning("spool.active", reason=action.reason)
+            elif isinstance(action, SpoolDrained):
+                log.info("spool.drained", hint="records go straight to Kafka again")
+            elif isinstance(action, SpoolBypassed):
+                assert self.spool is not None
+                self.spool.clear()
+                log.warning(
+                    "spool.bypassed",
+                    records=action.records,
+                    hint="records go straight to Kafka until the spool is writable again",
+                )
 
-    def take_back(self, record: Outgoing, waiter: Waiter) -> None:
-        """A record held for a spool that became unavailable: to Kafka, as if it
-        had never been queued for the spool (see :mod:`bridge.ingest.store_forward`)."""
-        assert isinstance(waiter, PendingMessage)
-        if self._overflow or not self.producer.produce(record, waiter):
-            self._not_taken(record, waiter)
-
-    def _drop_qos0(self, pending: PendingMessage, hint: str) -> None:
-        self.stats.dropped_qos0 += 1
-        self._dropped_log(hint=hint)
-        self.finish_one(pending)
-
-    # ------------------------------------------------------------------ Kafka side
-    def on_delivery(self, pending: PendingMessage, error: Any, message: Any) -> None:
-        """One delivery report, on the trio thread (see KafkaProducer)."""
-        if error is not None:
-            self.stats.delivery_failures += 1
-            self._failure_log(topic=message.topic(), error=str(error))
-            record = Outgoing(
-                message.topic(), message.key(), message.value(), message.headers() or []
-            )
-            if self.spool is not None and self.spool.usable:
-                self.spool.activate(f"Kafka delivery failed: {error}")
-                self._spool(record, pending)
-            elif not self.producer.produce(record, pending):
-                self._overflow.append((record, pending))
-            return
-        self.stats.produced[message.topic()] += 1
-        self.finish_one(pending)
-
-    def finish_one(self, pending: PendingMessage) -> None:
-        """One record of ``pending`` is safe (in Kafka, or synced to the spool)."""
-        pending.remaining -= 1
-        if not pending.remaining:
-            self.finished(pending)
-
-    def finished(self, pending: PendingMessage) -> None:
-        """Every record of ``pending`` is safe: acknowledge it."""
+    def settle(self, message: PendingMessage, ack: bool) -> None:
+        """Every record of ``message`` is held (or dropped): acknowledge it if
+        the machine says so."""
         stats = self.stats
-        stats.pending_messages -= 1
-        stats.observe_latency(time.monotonic() - pending.started)
-        if pending.mid is not None and self.mqtt is not None:
-            self.mqtt.ack(pending.generation, pending.mid)
+        stats.pending_messages = self.delivery.pending
+        if message.started is not None:
+            stats.observe_latency(time.monotonic() - message.started)
+        if ack:
+            assert message.mid is not None
+            self.session.ack(message.generation, message.mid)
             stats.acked += 1
 
+    # ------------------------------------------------------------------ Kafka side
+    def failed_direct(self, message: PendingMessage, error: Any, report: Any) -> None:
+        """Kafka gave up on a record of a direct message."""
+        self.count_failure(error, report)
+        record = Outgoing(report.topic(), report.key(), report.value(), report.headers() or [])
+        self.carry_out(self.delivery.failed_direct(message, record))
+
+    def count_failure(self, error: Any, report: Any) -> None:
+        self.stats.delivery_failures += 1
+        self._failure_log(topic=report.topic(), error=str(error))
+
     def after_reports(self) -> None:
-        """After a batch of delivery reports: retry the overflow, send the acks."""
-        overflow = self._overflow
-        produce = self.producer.produce
-        while overflow:
-            record, pending = overflow[0]
-            if not produce(record, pending):
-                break
-            overflow.popleft()
-        if self.mqtt is not None:
-            self.mqtt.flush_writes()
+        """After a batch of delivery reports: what the machine retries, then
+        the acknowledgements, in one write."""
+        self.carry_out(self.delivery.reports_done())
+        self.session.flush_writes()
+
+    def kafka_state(self, state: str) -> None:
+        """The producer's view of Kafka changed (``down``, ``up``)."""
+        if state == "down":
+            self.carry_out(self.delivery.kafka_unreachable())
+        elif state == "up":
+            self.delivery.kafka_back()
+
+    # ------------------------------------------------------------------ spool side (SpoolEvents)
+    def synced(self, tokens: Sequence[Tracked[Outgoing]]) -> None:
+        self.carry_out(self.delivery.synced(tokens))
+        self.session.flush_writes()
+
+    def spool_full(self) -> None:
+        self.delivery.spool_full()
+
+    def spool_accepting(self) -> None:
+        self.delivery.spool_accepting()
+
+    def spool_unavailable(self) -> None:
+        self.delivery.spool_unavailable()
+
+    def spool_available(self) -> None:
+        self.carry_out(self.delivery.spool_available())
+
+    def spool_backlog(self) -> None:
+        self.delivery.spool_backlog()
+
+    def drained(self) -> None:
+        self.carry_out(self.delivery.drained())
+
+    # ------------------------------------------------------------------ lifetime
+    def shutdown(self) -> None:
+        """Shutdown: nothing new is taken or produced (the machine decides what
+        is still spooled and what is left unacknowledged)."""
+        self.carry_out(self.delivery.shutdown())
 
     @property
     def in_flight(self) -> int:
-        """Messages whose records are not all delivered yet."""
-        return self.stats.pending_messages
+        """Messages whose records are not all held yet."""
+        return self.delivery.pending

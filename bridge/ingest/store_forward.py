@@ -1,49 +1,40 @@
-"""Store-and-forward: when Kafka cannot take records, the disk spool does.
+"""Store-and-forward: the disk spool's writer, drain and recovery tasks.
 
-Records normally go straight to the Kafka producer.  The spool takes over when
-Kafka is unreachable (librdkafka reports all brokers down), too slow (a record
-is not acknowledged within ``kafka.delivery_timeout_ms``) or the producer queue
-is full.  From then on the forwarder is *active*: every new record is appended
-to the spool, behind the ones already there, so records of one key stay in
-order, and a drain task produces the spool's records to Kafka in append order
-while new traffic keeps arriving.  When the drain has emptied the spool, the
-forwarder turns inactive and records go straight to Kafka again.
+Whether a record goes to the spool or to Kafka is not decided here: the
+delivery machine (:class:`bridge.core.delivery.Delivery`, carried out by
+:class:`bridge.ingest.pipeline.Ingest`) decides, and hands the records meant for the
+spool to the :class:`SpoolIntake`.  This module appends them, syncs, and tells
+the machine what happened (:class:`SpoolEvents`): which records are on disk,
+that the spool is full or has room, that its disk failed or recovered, that
+it holds records to drain, that the drain found nothing left.
 
-Acknowledgement: a spooled record counts as delivered for its MQTT message once
-the ``sync()`` covering it has returned (``fsync``).  Appends are grouped: the
-writer waits ``spool.fsync_interval_ms`` after the first queued record, then
-appends and syncs everything queued in one worker-thread call.
+Appends are grouped: the writer waits ``spool.fsync_interval_ms`` after the
+first queued record, then appends and syncs everything queued in one
+worker-thread call; a record counts as held for its MQTT message once the
+``sync()`` covering it has returned (``fsync``).  A drain task produces the
+spool's records to Kafka in append order while new ones keep arriving.
 
 When the spool is full, ``spool.when_full`` decides.  ``backpressure`` (the
-default): what still fits is stored, the rest stays in memory, unacknowledged,
-and is retried whenever the drain frees space; the MQTT broker stops sending
-once the client's in-flight window is full, and keeps the backlog (QoS 0
-records, which nothing holds back, are dropped and counted by ingest while the
-spool refuses: see :attr:`StoreAndForward.refusing`).  ``drop_oldest``: the
-spool deletes its oldest segment, the records lost are counted and logged as
-an error.
+default): what still fits is stored, the rest stays in the intake, and is
+retried whenever the drain frees space.  ``drop_oldest``: the spool deletes
+its oldest segment, the records lost are counted and logged as an error.
 
 When the spool's disk fails (full, read-only, I/O errors, the directory
-removed) or the spool cannot be opened at all, the forwarder marks it
-*unavailable*: ``spool.unavailable`` is logged once with the reason, records
-waiting for it stay in memory unacknowledged (QoS 0 records are dropped and
-counted, as for a full spool), and a recovery task probes the disk with
-back-off (``RETRY_MIN_S`` doubling to ``RETRY_MAX_S``), opening the spool again
-where it never opened or its directory vanished.  Records already in the spool
-keep draining.  Once nothing readable is left in it, the held records go to
-Kafka in order (:attr:`StoreAndForward.on_release`), and the forwarder stays
-out of the way: with the spool unavailable and nothing in it, ingest sends
-straight to Kafka as without a spool, so a full disk never stops ingest while
-Kafka is reachable.  When the probe succeeds, ``spool.available`` is logged and
-the spool takes records again.
+removed) or the spool cannot be opened at all, it is *unavailable*:
+``spool.unavailable`` is logged once with the reason, the records in the
+intake wait there, and a recovery task probes the disk with back-off
+(``RETRY_MIN_S`` doubling to ``RETRY_MAX_S``), opening the spool again where
+it never opened or its directory vanished.  Records already in the spool keep
+draining.  When the probe succeeds, ``spool.available`` is logged and the
+writer takes records again.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 import trio
@@ -61,14 +52,71 @@ RETRY_MAX_S = 10.0
 READ_ONLY = describe(OSError(errno.EROFS, os.strerror(errno.EROFS)))
 """Why a spool opened read-only is unavailable."""
 
-
-class Waiter(Protocol):
-    """An MQTT message's bookkeeping: told when one of its records is stored."""
-
-    def stored(self) -> None: ...
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 
-Held = tuple[Outgoing, Waiter]
+class SpoolEvents(Protocol[T_contra]):
+    """Whoever decides what goes to the spool (ingest, carrying out the
+    delivery machine), told what the spool did."""
+
+    def synced(self, tokens: Sequence[T_contra]) -> None:
+        """These records are appended and synced (their tokens, in order)."""
+
+    def spool_full(self) -> None:
+        """An append was refused for want of room (``backpressure``)."""
+
+    def spool_accepting(self) -> None:
+        """An append went through whole."""
+
+    def spool_unavailable(self) -> None:
+        """The file system refused the spool."""
+
+    def spool_available(self) -> None:
+        """The spool's disk takes writes again."""
+
+    def spool_backlog(self) -> None:
+        """The spool holds records from before (at start, or opened again)."""
+
+    def drained(self) -> None:
+        """The drain found nothing readable, and no append is in progress."""
+
+
+class SpoolIntake(Generic[T]):
+    """Records handed to the spool and not appended yet, in order, each with
+    its token (given back through :meth:`SpoolEvents.synced`).
+
+    Ingest fills it (the machine's ``Spool`` actions) and empties it when the
+    machine hands the records back to Kafka (``SpoolBypassed``); the writer
+    takes from it.  Built before both, it lets each be built with what it
+    needs: ingest tells the spool through it, the spool tells ingest through
+    :class:`SpoolEvents`."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[Outgoing, T]] = []
+        self.queued = trio.Event()  # wakes the writer
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def put(self, record: Outgoing, token: T) -> None:
+        self.held.append((record, token))
+        self.queued.set()
+
+    def take(self) -> list[tuple[Outgoing, T]]:
+        """Everything held, for one append."""
+        taken, self.held = self.held, []
+        self.queued = trio.Event()
+        return taken
+
+    def put_back(self, unstored: list[tuple[Outgoing, T]]) -> None:
+        """What an append could not store, in front of what came meanwhile."""
+        self.held[:0] = unstored
+
+    def clear(self) -> None:
+        """The records go elsewhere (to Kafka): forget them."""
+        self.held = []
+        self.queued = trio.Event()
 
 
 class _DrainBatch:
@@ -101,12 +149,12 @@ class _DrainRecord:
         self.batch.report(self.entry, error)
 
 
-class StoreAndForward:
-    """Owns the spool, the decision to use it, and the writer, drain and
-    recovery tasks.
+class StoreAndForward(Generic[T]):
+    """Owns the spool, and the writer, drain and recovery tasks.
 
     ``spool`` None: it could not be opened (``unavailable`` says why);
-    ``open_spool`` opens it (again), for the recovery task.
+    ``open_spool`` opens it (again), for the recovery task.  ``intake``: where
+    the records meant for the spool wait; ``events``: told what the spool did.
     """
 
     def __init__(
@@ -114,6 +162,8 @@ class StoreAndForward:
         spool: Spool | None,
         producer: KafkaProducer,
         stats: IngestStats,
+        intake: SpoolIntake[T],
+        events: SpoolEvents[T],
         *,
         fsync_interval_s: float,
         open_spool: Callable[[], Spool] | None = None,
@@ -122,20 +172,15 @@ class StoreAndForward:
         self.spool = spool
         self.producer = producer
         self.stats = stats
+        self.intake = intake
+        self.events = events
         self.fsync_interval_s = fsync_interval_s
         self.open_spool = open_spool
         # The recovery task's back-off, from min doubling to max (tests shorten it).
         self.retry_s = (RETRY_MIN_S, RETRY_MAX_S)
-        pending = spool.stats().records_pending if spool is not None else 0
-        self.active = pending > 0
-        self._queue: list[Held] = []
-        self._queued = trio.Event()
         self._stored = trio.Event()  # something new in the spool: wake the drain
         self._freed = trio.Event()  # the drain deleted segments: retry a full spool
         self._writing = False
-        # True from a refused append (backpressure: the spool is full) until
-        # an append succeeds again.
-        self._full = False
         # Why the spool cannot take records (None: it can), and the wake-ups of
         # the recovery task and of a writer waiting for the disk.
         self.unavailable: str | None = None
@@ -145,44 +190,10 @@ class StoreAndForward:
         self._usable_again.set()
         self._available_since = 0.0
         self._swap = trio.Lock()  # one spool object per drain round
-        self.on_written: Callable[[], None] | None = None
-        # Takes back a record held for an unavailable spool: to Kafka.
-        self.on_release: Callable[[Outgoing, Waiter], None] | None = None
         if unavailable is not None:  # the daemon has said why, loudly
             self._mark_unavailable(unavailable, gone=spool is None, quiet=True)
-        if self.active:
-            log.info("spool.pending_at_start", records=pending)
-            self._stored.set()
-
-    # ------------------------------------------------------------------ trio side, sync
-    @property
-    def refusing(self) -> bool:
-        """The spool does not take records now (full, or unavailable): ingest
-        drops QoS 0 records instead of queueing them."""
-        return self._full or self.unavailable is not None
-
-    @property
-    def usable(self) -> bool:
-        """Records Kafka cannot take go to the forwarder: the spool can take them,
-        or records are queued behind a backlog that must drain first."""
-        return self.active or self.unavailable is None
-
-    def activate(self, reason: str) -> None:
-        """Route new records to the spool (Kafka is down, slow, or full).  Not
-        while the spool is unavailable: records then go straight to Kafka."""
-        if not self.active and self.unavailable is None:
-            self.active = True
-            log.warning("spool.active", reason=reason)
-
-    def put(self, record: Outgoing, waiter: Waiter) -> None:
-        """Queue a record for the next grouped append."""
-        self._queue.append((record, waiter))
-        self._queued.set()
-
-    @property
-    def idle(self) -> bool:
-        """Nothing queued, nothing being written."""
-        return not self._queue and not self._writing
+        if spool is not None:
+            self._backlog(spool)
 
     # ------------------------------------------------------------------ tasks
     async def run(self) -> None:
@@ -193,12 +204,13 @@ class StoreAndForward:
 
     async def _writer(self) -> None:
         while True:
-            await self._queued.wait()
+            await self.intake.queued.wait()
             await trio.sleep(self.fsync_interval_s)  # group commit window
             await self.write_queued()
 
     async def write_queued(self, *, wait_for_room: bool = True) -> None:
-        """Append and sync everything queued now; tell each waiter once it is on disk.
+        """Append and sync everything in the intake now; report the records on
+        disk to :meth:`SpoolEvents.synced`.
 
         When the spool is full (backpressure), wait for the drain to free space;
         when it is unavailable, wait for the recovery task.  With
@@ -206,15 +218,15 @@ class StoreAndForward:
         rest unstored: those messages stay unacknowledged and the MQTT broker
         delivers them again later.
         """
-        while self._queue:
+        intake = self.intake
+        while intake:
             spool = self.spool
             if spool is None or self.unavailable is not None:
                 if not wait_for_room:
                     return
                 await self._usable_again.wait()
                 continue
-            batch, self._queue = self._queue, []
-            self._queued = trio.Event()
+            batch = intake.take()
             # Armed before the append: space the drain frees meanwhile counts.
             self._freed = trio.Event()
             self._writing = True
@@ -224,9 +236,10 @@ class StoreAndForward:
                 )
             finally:
                 self._writing = False
-            self._full = isinstance(refused, SpoolFull)
-            if refused is not None:
-                self._queue[:0] = batch[stored:]
+            if refused is None:
+                self.events.spool_accepting()
+            else:
+                intake.put_back(batch[stored:])
                 batch = batch[:stored]
                 self._refused(refused)
             if dropped:
@@ -236,16 +249,13 @@ class StoreAndForward:
                     records=dropped,
                     hint="the spool is full and when_full = drop_oldest; raise spool.max_bytes",
                 )
-            for _, waiter in batch:
-                waiter.stored()
             if batch:
+                self.events.synced([token for _, token in batch])
                 self._stored.set()
-                if self.on_written is not None:
-                    self.on_written()
             if refused is not None:
                 if not wait_for_room:
                     return
-                if self._full:
+                if isinstance(refused, SpoolFull):
                     await self._freed.wait()
 
     def _refused(self, refused: SpoolError) -> None:
@@ -256,12 +266,13 @@ class StoreAndForward:
         log.error(
             "spool.full",
             error=str(refused),
-            held_records=len(self._queue),
+            held_records=len(self.intake),
             hint="MQTT acknowledgements wait until the drain frees space",
         )
+        self.events.spool_full()
 
     def _append_and_sync(
-        self, spool: Spool, batch: list[Held]
+        self, spool: Spool, batch: list[tuple[Outgoing, T]]
     ) -> tuple[int, int, SpoolError | None]:
         """Worker thread: append the batch, in order, and fsync.
 
@@ -295,14 +306,15 @@ class StoreAndForward:
     # ------------------------------------------------------------------ unavailable
     def _mark_unavailable(self, reason: str, *, gone: bool, quiet: bool = False) -> None:
         """The file system refused: say so once (again if the reason changes),
-        wake the recovery task, and the drain (which hands the held records to
-        Kafka once the spool has nothing readable left)."""
+        tell the machine, wake the recovery task, and the drain (once the
+        spool has nothing readable left, the machine hands the records waiting
+        for it to Kafka)."""
         if reason != self.unavailable and not quiet:
             log.error(
                 "spool.unavailable",
                 reason=reason,
                 path=str(self.spool.path) if self.spool is not None else None,
-                held_records=len(self._queue),
+                held_records=len(self.intake),
                 hint="records go to Kafka without the spool; retrying with back-off",
             )
         if self.unavailable is None:
@@ -310,6 +322,7 @@ class StoreAndForward:
             self._usable_again = trio.Event()
         self.unavailable = reason
         self._gone = self._gone or gone
+        self.events.spool_unavailable()
         self._broken.set()
         self._stored.set()
 
@@ -324,10 +337,9 @@ class StoreAndForward:
         self._broken = trio.Event()
         self._usable_again.set()
         self._available_since = trio.current_time()
-        if self._queue:
-            self._queued.set()
-        if self.producer.state == "down":
-            self.activate("Kafka is unreachable")
+        if self.intake:
+            self.intake.queued.set()
+        self.events.spool_available()
 
     async def _recoverer(self) -> None:
         """While the spool is unavailable: probe it (or open it) with back-off.
@@ -367,11 +379,7 @@ class StoreAndForward:
                 reason = describe(exc) if isinstance(exc, OSError) else str(exc)
                 self._mark_unavailable(reason, gone=True)
                 return False
-        pending = self.spool.stats().records_pending
-        if pending:
-            self.active = True
-            log.info("spool.pending_at_start", records=pending)
-            self._stored.set()
+        self._backlog(self.spool)
         if self.spool.read_only:  # what it holds drains; nothing can be added
             self._mark_unavailable(READ_ONLY, gone=False)
             return False
@@ -402,11 +410,8 @@ class StoreAndForward:
             if spool is not None:
                 entries = await trio.to_thread.run_sync(spool.read, DRAIN_BATCH)
             if spool is None or not entries:
-                if self.unavailable is not None and self._queue and not self._writing:
-                    self._release()
-                if self.idle and self.active:
-                    self.active = False
-                    log.info("spool.drained", hint="records go straight to Kafka again")
+                if not self._writing:
+                    self.events.drained()
                 return
             await self._produce(entries)
             await trio.to_thread.run_sync(spool.ack_through, entries[-1].seq)
@@ -414,22 +419,14 @@ class StoreAndForward:
             self._freed.set()
             self._stored.set()  # more may be waiting
 
-    def _release(self) -> None:
-        """The spool cannot take records and holds nothing readable any more:
-        the records held for it go to Kafka, in their order, behind everything
-        the spool held before them."""
-        held, self._queue = self._queue, []
-        self._queued = trio.Event()
-        self.active = False
-        log.warning(
-            "spool.bypassed",
-            records=len(held),
-            reason=self.unavailable,
-            hint="records go straight to Kafka until the spool is writable again",
-        )
-        assert self.on_release is not None, "ingest takes back what the spool cannot hold"
-        for record, waiter in held:
-            self.on_release(record, waiter)
+    def _backlog(self, spool: Spool) -> None:
+        """A spool just opened: if it holds records, the machine keeps new ones
+        behind them until the drain has sent them."""
+        pending = spool.stats().records_pending
+        if pending:
+            log.info("spool.pending_at_start", records=pending)
+            self.events.spool_backlog()
+            self._stored.set()
 
     async def _produce(self, entries: list[SpoolEntry]) -> None:
         """Produce one read batch until every record has landed.  Only the

@@ -95,6 +95,7 @@ class MqttClient:
         tls_context: ssl.SSLContext | None = None,
         *,
         max_payload_bytes: int = 65_536,
+        on_session_lost: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         # Bounds what the framer buffers of one packet (limits.max_payload_bytes).
@@ -105,6 +106,9 @@ class MqttClient:
         self._tls_context = tls_context
         self.subscriptions = list(subscriptions)
         self.on_batch = on_batch
+        # Told the next generation when a connection ends: what is pending of
+        # the old one is never acknowledged (the broker delivers it again).
+        self.on_session_lost = on_session_lost
         self.generation = 0
         self.connected = False
         self.reconnects = 0
@@ -311,6 +315,8 @@ class MqttClient:
                 await self._read_loop(subscribed)
             except ConnectionLost as exc:
                 self._close_socket()
+                if self.on_session_lost is not None:
+                    self.on_session_lost(self.generation + 1)
                 self.reconnects += 1
                 log.warning(
                     "mqtt.disconnected",

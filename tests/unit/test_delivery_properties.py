@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridge.core.delivery as core
+from tests.unit.test_delivery import report_direct
 
 EVENTS = (
     "arrive",
@@ -125,9 +126,9 @@ class Adapter:
             message, record = entry
             if kind == "deliver":
                 self.safe.add(record)
-                settled = d.delivered_direct(message)
-                if settled is not None:
-                    self.settle(settled)
+                ack = report_direct(d, message)
+                if ack is not None:
+                    self.settle(core.Settled(message, ack))
             else:
                 self.failures[record] += 1
                 self.run(d.failed_direct(message, record))
@@ -249,7 +250,7 @@ class Adapter:
 script = st.lists(st.tuples(st.sampled_from(EVENTS), st.integers(0, 7)), max_size=80)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=2000)
 @given(st.booleans(), st.integers(0, 2), script, st.none() | st.integers(0, 80))
 def test_random_interleavings_keep_the_guarantee(
     spool: bool, backlog: int, events: list[tuple[str, int]], shutdown_at: int | None

@@ -25,6 +25,7 @@ from bridge.ingest.pipeline import Ingest
 from bridge.ingest.stats import IngestStats
 from bridge.io.kafka_producer import KafkaProducer
 from tests.unit.core_fixtures import MAPPINGS, NOW, REPO, plan_from, reasons, values
+from tests.unit.test_store_forward import Session
 
 WriteConfig = Callable[..., Path]
 TOPIC = "tenant/t1/device/DEV-001/telemetry"
@@ -118,7 +119,7 @@ def test_when_even_the_dead_letter_cannot_be_made_the_failure_is_only_reported(
 def test_ingest_counts_logs_and_produces_the_internal_error_and_goes_on() -> None:
     producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))  # produce() only queues
     stats = IngestStats()
-    ingest = Ingest(Failing(plan_from(MAPPINGS / "telemetry.toml")), producer, stats)
+    ingest = Ingest(Failing(plan_from(MAPPINGS / "telemetry.toml")), producer, stats, Session())
     poison = b'{"schema_version":1,"device":"POISON","metrics":{"t":1}}'
     batch = [
         InboundMessage("tenant/t1/device/POISON/telemetry", poison, 1, False, 1, None),
@@ -166,7 +167,7 @@ def test_no_record_is_larger_than_kafka_takes(plan: Callable[[str], Plan]) -> No
     assert reason == "invalid_json"
     assert detail.endswith("(the payload, 600036 bytes, is too large to copy here)")
     producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
-    ingest = Ingest(normalizer, producer, IngestStats())
+    ingest = Ingest(normalizer, producer, IngestStats(), Session())
     batch = [
         InboundMessage(TOPIC, payload, 1, False, n, None)
         for n, payload in enumerate((big, escaped))

@@ -75,16 +75,21 @@ class RefusingMqtt:
     def ack(self, generation: int, mid: int) -> None:
         pass
 
+    def flush_writes(self) -> None:
+        pass
+
 
 def test_ingest_publishes_rebirths_and_has_a_changed_state_saved() -> None:
     normalizer = Normalizer(plan_from(MAPPINGS / "sparkplug.toml"))
-    ingest = Ingest(
-        normalizer, KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9")), IngestStats()
-    )
     mqtt = RefusingMqtt()
-    ingest.mqtt = mqtt  # type: ignore[assignment]
     changed: list[bool] = []
-    ingest.sparkplug_changed = lambda: changed.append(True)
+    ingest = Ingest(
+        normalizer,
+        KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9")),
+        IngestStats(),
+        mqtt,
+        sparkplug_changed=lambda: changed.append(True),
+    )
     birth = enc.node_birth([enc.metric("t", alias=1, datatype=enc.DOUBLE, value=1.0)])
     unknown = enc.payload([enc.metric(alias=9, datatype=enc.DOUBLE, value=1.0)], seq=1)
     batch = [

@@ -1,13 +1,16 @@
-"""The spool writer of store-and-forward against a real spool directory: a
+"""The spool writer of store-and-forward against a real spool directory, with
+the real ingest path as what it reports to (its delivery machine decides): a
 backlog larger than the whole spool is stored as far as it fits, not refused
-whole; a full spool is reported to ingest (``refusing``) until an append
+whole; a full spool refuses records (QoS 0 is dropped) until an append
 succeeds; at shutdown the writer does not wait for room that cannot come.  A
 disk that fails (a file-system layer failing chosen calls) makes the spool
-unavailable: held records go back to ingest in order, probes retry with
-back-off, and the spool is used again once the disk works.
+unavailable: the records waiting for it go to Kafka in order, probes retry
+with back-off, and the spool is used again once the disk works.
 
-The Kafka producer is real but never asked to produce (the drain task is not
-started), so nothing here needs a broker.
+The spool's Kafka producer is real but never asked to produce (nothing drains
+but an empty spool, or one whose broker never answers), and ingest's producer
+only records what it is handed, so nothing here needs a broker.  A message
+counts as stored once it is acknowledged: each one makes one record.
 """
 
 from __future__ import annotations
@@ -15,19 +18,24 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 from structlog.testing import capture_logs
 
+from bridge.core.delivery import Tracked
+from bridge.core.normalize import Normalizer
 from bridge.core.records import Outgoing
 from bridge.core.settings import KafkaSettings
+from bridge.ingest.pipeline import Ingest, PendingMessage
 from bridge.ingest.stats import IngestStats
-from bridge.ingest.store_forward import StoreAndForward, Waiter
-from bridge.io.kafka_producer import KafkaProducer
+from bridge.ingest.store_forward import SpoolIntake, StoreAndForward
+from bridge.io.kafka_producer import DeliveryWaiter, KafkaProducer
 from bridge.io.spool import Spool
 from tests.support import async_wait_until
+from tests.unit.core_fixtures import MAPPINGS, plan_from
 from tests.unit.test_spool_failures import FailingFs
 
 SEGMENT = 4096
@@ -35,27 +43,88 @@ RECORD_VALUE = 200
 FAST_RETRY = (0.01, 0.08)
 
 
-class Message:
-    """Counts the records of one message reported as stored."""
+class Session:
+    """The MQTT client as ingest sees it: the acknowledged message ids."""
+
+    connected = True
 
     def __init__(self) -> None:
-        self.stored_records = 0
+        self.acked: list[int] = []
 
-    def stored(self) -> None:
-        self.stored_records += 1
+    def ack(self, generation: int, mid: int) -> None:
+        self.acked.append(mid)
+
+    def flush_writes(self) -> None:
+        pass
+
+    def publish(self, topic: str, payload: bytes, *, qos: int) -> None:
+        raise AssertionError("nothing to publish")
+
+
+class Released:
+    """Ingest's producer: takes every record and collects its key, in order
+    (what the machine handed to Kafka instead of the spool)."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes | None] = []
+
+    def produce(self, record: Outgoing, _waiter: DeliveryWaiter | None) -> bool:
+        self.keys.append(record.key)
+        return True
+
+
+class Bridge:
+    """Ingest, its spool and what they did."""
+
+    def __init__(
+        self,
+        spool: Spool | None,
+        open_spool: Callable[[], Spool] | None = None,
+        unavailable: str | None = None,
+    ) -> None:
+        self.session = Session()
+        self.released = Released()
+        self.intake: SpoolIntake[Tracked[Outgoing]] = SpoolIntake()
+        normalizer = Normalizer(plan_from(MAPPINGS / "telemetry.toml"))
+        stats = IngestStats()
+        self.ingest = Ingest(normalizer, self.released, stats, self.session, spool=self.intake)
+        self.delivery = self.ingest.delivery
+        # Nothing listens on port 9.
+        producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
+        self.forwarder = StoreAndForward(
+            spool,
+            producer,
+            stats,
+            self.intake,
+            self.ingest,
+            fsync_interval_s=0,
+            open_spool=open_spool,
+            unavailable=unavailable,
+        )
+        self.forwarder.retry_s = FAST_RETRY
+
+    def send(self, n: int) -> None:
+        """Message ``n``, QoS 1, of one record keyed ``k<n>``."""
+        ingest = self.ingest
+        actions = self.delivery.arrive(PendingMessage(ingest, 1, n, None), [record(n)])
+        assert actions is not None, "while the spool is active, nothing goes direct"
+        ingest.carry_out(actions)
+
+    def stored(self, n: int) -> bool:
+        return n in self.session.acked
 
 
 @pytest.fixture
-def forwarder(tmp_path: Path) -> StoreAndForward:
+def bridge(tmp_path: Path) -> Bridge:
     spool = Spool(
         tmp_path / "spool",
         max_bytes=2 * SEGMENT,
         segment_bytes=SEGMENT,
         when_full="backpressure",
     )
-    # Nothing listens on port 9; the producer is never used in these tests.
-    producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
-    return StoreAndForward(spool, producer, IngestStats(), fsync_interval_s=0)
+    bridge = Bridge(spool)
+    bridge.ingest.kafka_state("down")
+    return bridge
 
 
 def record(n: int) -> Outgoing:
@@ -63,58 +132,51 @@ def record(n: int) -> Outgoing:
 
 
 async def test_a_backlog_larger_than_the_spool_is_stored_as_far_as_it_fits(
-    forwarder: StoreAndForward,
+    bridge: Bridge,
 ) -> None:
-    messages = [Message() for _ in range(100)]  # ~22 KB of frames for an 8 KB spool
-    for n, message in enumerate(messages):
-        forwarder.put(record(n), message)
+    messages = range(100)  # ~22 KB of frames for an 8 KB spool
+    for n in messages:
+        bridge.send(n)
 
-    await forwarder.write_queued(wait_for_room=False)
+    await bridge.forwarder.write_queued(wait_for_room=False)
 
-    stored = sum(m.stored_records for m in messages)
-    held = forwarder.spool.stats().records_pending
+    stored = len(bridge.session.acked)
+    assert bridge.forwarder.spool is not None
+    held = bridge.forwarder.spool.stats().records_pending
     assert 0 < stored < len(messages)
     assert stored == held, "every record reported stored is in the spool, no more"
     # In order: a prefix is stored, the rest waits.
-    assert all(m.stored_records == 1 for m in messages[:stored])
-    assert all(m.stored_records == 0 for m in messages[stored:])
-    assert forwarder.refusing
-    assert not forwarder.idle
+    assert all(bridge.stored(n) for n in messages[:stored])
+    assert not any(bridge.stored(n) for n in messages[stored:])
+    assert bridge.delivery.refusing
+    assert bridge.intake
 
 
 async def test_refusing_lasts_until_the_backlog_fits_then_all_is_stored_in_order(
-    forwarder: StoreAndForward,
+    bridge: Bridge,
 ) -> None:
-    messages = [Message() for _ in range(100)]
-    for n, message in enumerate(messages):
-        forwarder.put(record(n), message)
+    messages = range(100)
+    for n in messages:
+        bridge.send(n)
+    forwarder = bridge.forwarder
+    assert forwarder.spool is not None
     await forwarder.write_queued(wait_for_room=False)
-    assert forwarder.refusing
+    assert bridge.delivery.refusing
 
     keys: list[bytes | None] = []
-    while not forwarder.idle:  # play the drain: deliver everything, free the spool
+    while bridge.intake:  # play the drain: deliver everything, free the spool
         entries = forwarder.spool.read(1000)
         keys += [entry.record.key for entry in entries]
         forwarder.spool.ack_through(entries[-1].seq)
         await forwarder.write_queued(wait_for_room=False)
     keys += [entry.record.key for entry in forwarder.spool.read(1000)]
 
-    assert not forwarder.refusing
-    assert all(m.stored_records == 1 for m in messages)
+    assert not bridge.delivery.refusing
+    assert all(bridge.stored(n) for n in messages)
     assert keys == [f"k{n}".encode() for n in range(100)]
 
 
-class Released:
-    """Collects what the forwarder hands back to ingest, in order."""
-
-    def __init__(self) -> None:
-        self.keys: list[bytes | None] = []
-
-    def __call__(self, record: Outgoing, _waiter: Waiter) -> None:
-        self.keys.append(record.key)
-
-
-def degradable(tmp_path: Path, fs: FailingFs) -> StoreAndForward:
+def degradable(tmp_path: Path, fs: FailingFs) -> Bridge:
     spool = Spool(
         tmp_path / "spool",
         max_bytes=2 * SEGMENT,
@@ -122,33 +184,29 @@ def degradable(tmp_path: Path, fs: FailingFs) -> StoreAndForward:
         when_full="backpressure",
         fs=fs,
     )
-    producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
-    forwarder = StoreAndForward(spool, producer, IngestStats(), fsync_interval_s=0)
-    forwarder.retry_s = FAST_RETRY
-    return forwarder
+    return Bridge(spool)
 
 
 async def test_a_failing_disk_hands_held_records_back_in_order_then_recovers(
     tmp_path: Path,
 ) -> None:
     fs = FailingFs()
-    forwarder = degradable(tmp_path, fs)
-    released = Released()
-    forwarder.on_release = released
-    forwarder.activate("test: Kafka is down")
+    bridge = degradable(tmp_path, fs)
+    forwarder, delivery, released = bridge.forwarder, bridge.delivery, bridge.released
+    bridge.ingest.kafka_state("down")
     fs.fail("fdatasync")
     fs.fail("fsync")  # the recovery probe's sync fails too, as on a dying disk
-    messages = [Message() for _ in range(10)]
-    for n, message in enumerate(messages):
-        forwarder.put(record(n), message)
+    messages = range(10)
+    for n in messages:
+        bridge.send(n)
     with capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forwarder.run)
             await async_wait_until(lambda: released.keys, 5, "the held records handed back")
             assert released.keys == [f"k{n}".encode() for n in range(10)]
-            assert all(m.stored_records == 0 for m in messages), "a failed sync stores nothing"
+            assert not any(bridge.stored(n) for n in messages), "a failed sync stores nothing"
             assert forwarder.unavailable is not None and "EIO" in forwarder.unavailable
-            assert forwarder.refusing and not forwarder.usable and not forwarder.active
+            assert delivery.refusing and not delivery.usable and not delivery.active
             assert forwarder.stats.spool_unavailable == 1
             await async_wait_until(
                 lambda: fs.calls["fsync"] >= 3, 5, "several probes failing meanwhile"
@@ -158,11 +216,11 @@ async def test_a_failing_disk_hands_held_records_back_in_order_then_recovers(
             await async_wait_until(
                 lambda: forwarder.unavailable is None, 30, "the spool available again"
             )
-            assert forwarder.usable and not forwarder.refusing
-            forwarder.activate("test: Kafka is down again")
-            again = Message()
-            forwarder.put(record(10), again)
-            await async_wait_until(lambda: again.stored_records, 5, "a record stored again")
+            assert delivery.usable and not delivery.refusing
+            # Kafka is still down: the spool took over again as soon as it could.
+            assert delivery.active
+            bridge.send(10)
+            await async_wait_until(lambda: bridge.stored(10), 5, "a record stored again")
             nursery.cancel_scope.cancel()
     events = [e["event"] for e in logs]
     assert events.count("spool.unavailable") == 1, "said once, however many probes failed"
@@ -187,19 +245,12 @@ async def test_a_spool_that_could_not_be_opened_is_opened_later(
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return Spool(path, max_bytes=2 * SEGMENT, segment_bytes=SEGMENT, when_full="backpressure")
 
-    producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
-    forwarder = StoreAndForward(
-        None,
-        producer,
-        IngestStats(),
-        fsync_interval_s=0,
-        open_spool=open_spool,
-        unavailable="Read-only file system (EROFS)",
-    )
-    assert not forwarder.usable and forwarder.refusing
-    forwarder.activate("test: Kafka is down")
-    assert not forwarder.active, "nothing to route records to"
-    forwarder.retry_s = FAST_RETRY
+    bridge = Bridge(None, open_spool=open_spool, unavailable="Read-only file system (EROFS)")
+    forwarder, delivery = bridge.forwarder, bridge.delivery
+    assert not delivery.usable and delivery.refusing
+    bridge.ingest.kafka_state("down")
+    assert not delivery.active, "nothing to route records to"
+    bridge.ingest.kafka_state("up")  # what follows is the backlog's doing alone
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forwarder.run)
         await async_wait_until(lambda: attempts >= 3, 5, "several attempts to open it")
@@ -207,7 +258,7 @@ async def test_a_spool_that_could_not_be_opened_is_opened_later(
         read_only = False
         await async_wait_until(lambda: forwarder.spool is not None, 30, "the spool opened")
         assert forwarder.unavailable is None
-        assert forwarder.active, "what the spool holds drains before new records go to Kafka"
+        assert delivery.active, "what the spool holds drains before new records go to Kafka"
         nursery.cancel_scope.cancel()
     forwarder.close()
 
@@ -218,29 +269,21 @@ async def test_a_removed_spool_directory_is_made_again_and_used(tmp_path: Path) 
     def open_spool() -> Spool:
         return Spool(path, max_bytes=2 * SEGMENT, segment_bytes=SEGMENT, when_full="backpressure")
 
-    producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))
-    forwarder = StoreAndForward(
-        open_spool(), producer, IngestStats(), fsync_interval_s=0, open_spool=open_spool
-    )
-    forwarder.retry_s = FAST_RETRY
-    released = Released()
-    forwarder.on_release = released
-    forwarder.activate("test: Kafka is down")
+    bridge = Bridge(open_spool(), open_spool=open_spool)
+    forwarder, released = bridge.forwarder, bridge.released
+    bridge.ingest.kafka_state("down")
     shutil.rmtree(path)
-    lost = Message()
-    forwarder.put(record(0), lost)
+    bridge.send(0)
     with capture_logs() as logs:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forwarder.run)
             await async_wait_until(
                 lambda: forwarder.unavailable is None and path.is_dir(), 10, "a new spool directory"
             )
-            assert lost.stored_records == 0, "a record in a removed directory is not stored"
+            assert not bridge.stored(0), "a record in a removed directory is not stored"
             assert released.keys == [b"k0"], "handed to Kafka instead"
-            forwarder.activate("test: Kafka is down again")
-            kept = Message()
-            forwarder.put(record(1), kept)
-            await async_wait_until(lambda: kept.stored_records, 5, "a record in the new spool")
+            bridge.send(1)
+            await async_wait_until(lambda: bridge.stored(1), 5, "a record in the new spool")
             nursery.cancel_scope.cancel()
     forwarder.close()
     unavailable = [e for e in logs if e["event"] == "spool.unavailable"]
