@@ -141,7 +141,7 @@ def serve(args: argparse.Namespace) -> None:
         StreamSettings,
         StreamSource,
     )
-    from bridge.ops.logs import configure
+    from bridge.io.logs import configure
     from bridge.stream.service import run_stream
 
     configure("json", "warning")

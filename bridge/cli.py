@@ -23,7 +23,7 @@ from bridge.core.plan import Plan, PlanError, compile_config
 from bridge.core.settings import LoadedConfig
 from bridge.core.trial import try_message
 from bridge.io.http import parse_listen
-from bridge.ops.logs import configure
+from bridge.io.logs import configure
 from bridge.runtime import Runtime, build_runtime, host_problems
 
 EXIT_CONFIG = 2

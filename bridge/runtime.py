@@ -37,9 +37,9 @@ from bridge.core.plan import Plan, PlanError, compile_config
 from bridge.core.settings import Config, LoadedConfig, SpoolSettings
 from bridge.io.http import ListenError, parse_listen
 from bridge.io.kafka_config import producer_config, refusal, stream_consumer_config
+from bridge.io.logs import level_number
 from bridge.io.mqtt import parse_mqtt_url
 from bridge.io.tls import TlsConfigError, client_context
-from bridge.ops.logs import level_number
 from bridge.stream.service import StreamSettingsError, check_settings
 
 

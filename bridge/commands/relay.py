@@ -32,8 +32,8 @@ from bridge.core.settings import KafkaSettings
 from bridge.io.kafka_config import command_consumer_config
 from bridge.io.kafka_logs import librdkafka_logger
 from bridge.io.kafka_producer import KafkaProducer
+from bridge.io.logs import SampledLog
 from bridge.io.mqtt import MqttClient
-from bridge.ops.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 

@@ -36,7 +36,7 @@ from bridge.core.plan import Plan
 from bridge.core.records import DeadLetter, Outgoing
 from bridge.core.sparkplug_mapping import topic_segments
 from bridge.io.http import Request
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 

@@ -52,7 +52,7 @@ from bridge.core.sparkplug_mapping import SparkplugMapper
 from bridge.ingest.stats import IngestStats
 from bridge.ingest.store_forward import SpoolIntake
 from bridge.io.kafka_producer import DeliveryWaiter
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 
 log = structlog.get_logger(__name__)
 

@@ -34,7 +34,7 @@ import msgspec
 import trio
 import trio_websocket
 
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 
 #: A failure while serving one connection or one request is a bug, but one a
 #: client can repeat at will: logged with its traceback at most every 10 s

@@ -59,7 +59,7 @@ from bridge.core.events import Positions, iso_utc
 from bridge.core.settings import KafkaSettings, StreamSettings
 from bridge.io.kafka_config import stream_consumer_config
 from bridge.io.kafka_logs import librdkafka_logger
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 
 
 class RecordSink(Protocol):

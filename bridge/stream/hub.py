@@ -41,7 +41,7 @@ from bridge.core.events import (
 )
 from bridge.core.stream_envelope import EnvelopeRules, render_event
 from bridge.core.stream_read import MappingReader, Reader, StreamItem
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 
 #: Events whose envelope could not be rendered (a bug, not a bad record).
 _render_failures = SampledLog("stream.render_failed", level="error")

@@ -35,7 +35,7 @@ from bridge.core.events import (
 from bridge.core.settings import KafkaSettings, StreamSettings
 from bridge.io.kafka_config import replay_consumer_config
 from bridge.io.kafka_logs import librdkafka_logger
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 from bridge.stream.consumer import CLOSE_TIMEOUT_S, CONSUME_TIMEOUT_S, fetch
 
 #: A replay's Kafka errors, one per failing fetch of every resuming client:

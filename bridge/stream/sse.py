@@ -43,7 +43,7 @@ from bridge.core.events import (
     sse_retry,
 )
 from bridge.io.http import BodyWriter, Request, Responder
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 from bridge.stream.hub import Client, Event, Transport
 from bridge.stream.pump import pump
 from bridge.stream.replay import replay

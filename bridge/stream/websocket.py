@@ -20,7 +20,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from bridge.auth import Refused, select_subprotocol
 from bridge.core.events import error_message, ping_message
 from bridge.io.http import Request
-from bridge.ops.logs import SampledLog
+from bridge.io.logs import SampledLog
 from bridge.stream.hub import Client, Event, Transport
 from bridge.stream.pump import pump
 

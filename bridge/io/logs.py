@@ -3,6 +3,10 @@
 Every log call names an event (``mqtt.connected``) and its context as keys, so a
 journal can be filtered with ``jq``.  Nothing on the per-message path logs; what
 happens per message is counted and reported by :class:`SampledLog` or the metrics.
+
+An adapter (structlog to stderr, hence the journal) rather than part of
+``bridge/ops``: the other adapters log through it, and ``bridge/ops`` reads
+the paths, which use the adapters.
 """
 
 from __future__ import annotations
