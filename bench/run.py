@@ -63,6 +63,9 @@ INGEST_PHASES: dict[str, Phase] = {
     # The same daemon without the stream's Kafka consumer, which otherwise
     # reads every clean record back: the cost of ingest alone.
     "qos1-no-stream": Phase("bridge", qos=1, settings=NO_STREAM),
+    # The same bridge with a raw-only (pass-through) mapping: the cost of
+    # moving a message, without the cost of judging it.
+    "qos1-raw": Phase("bridge", qos=1, settings={"mappings.kafka": {"clean_enabled": False}}),
     "qos0-no-stream": Phase("bridge", qos=0, settings=NO_STREAM),
     "naive-qos1": Phase("naive", qos=1),
     "naive-qos0": Phase("naive", qos=0),

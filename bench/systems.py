@@ -79,7 +79,8 @@ def bridge_config(
 ) -> Path:
     """A daemon config for the bench: the default telemetry mapping and the
     default settings, with this phase's brokers and topics; ``overrides`` sets
-    any other key (``{"kafka": {"linger_ms": 1}}``)."""
+    any other key (``{"kafka": {"linger_ms": 1}}``, or the mapping's
+    ``{"mappings.kafka": {"clean_enabled": False}}``)."""
     sections: Settings = {
         "": {"listen": f"127.0.0.1:{free_port()}", "alarms_topic": f"{topics.clean}.alarms"},
         "mqtt": {"url": mosquitto.url, "client_id": client_id, "embedded": "never"},
@@ -88,8 +89,6 @@ def bridge_config(
         "spool": {"path": str(workdir / f"spool-{client_id}")},
         "auth": {"jwt_secret": STREAM_SECRET},  # no "no key" warning; clients could connect
     }
-    for table, values in (overrides or {}).items():
-        sections.setdefault(table, {}).update(values)
     mapping: Settings = {
         "mappings.mqtt": {"qos": qos},
         "mappings.kafka": {
@@ -98,6 +97,10 @@ def bridge_config(
             "dead_letter_topic": topics.dlq,
         },
     }
+    for table, values in (overrides or {}).items():
+        # "mappings.kafka" and the like belong to the one mapping.
+        target = mapping if table.startswith("mappings.") else sections
+        target.setdefault(table, {}).update(values)
     if shared_group:
         mapping["mappings.mqtt"]["shared_group"] = shared_group
     if sparkplug:  # mappings/sparkplug.toml's defaults

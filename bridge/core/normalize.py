@@ -56,7 +56,7 @@ Reading = tuple[str, Value, MetricType, str | None, str | None]
 
 # What the record key and base headers depend on: topic, tenant, device,
 # schema version, and the MQTT (QoS, retain flag) that header templates may use.
-Identity = tuple[str, str, str, int, tuple[int, bool]]
+Identity = tuple[str, str, str, int | None, tuple[int, bool]]
 
 # Entries kept by each per-topic and per-identity cache before it starts over.
 # Both together cost about 1.1 KiB per device (measured with tracemalloc on
@@ -102,6 +102,8 @@ class Route:
 
 
 _NO_ROUTE = Route(None, {}, None)
+#: The payload as a raw-only mapping's getters see it: never read.
+_UNREAD: dict[str, Any] = {}
 
 
 class Now:
@@ -335,6 +337,16 @@ class Normalizer:
         if route.problem is not None:
             raise InputRejected("invalid_topic", route.problem)
         segments = route.segments
+        if mapping.clean_topic is None:
+            # Raw-only (pass-through): the payload is not read, so nothing in
+            # it is judged; tenant and device come from the topic (the plan
+            # allows nothing else) and the raw record is the only one.
+            _t, _d, key, headers = self._known(mapping, segments, topic, _UNREAD, None, delivery)
+            raw_topic = mapping.raw_topic
+            assert raw_topic is not None  # the plan refuses a mapping with neither topic
+            raw_headers = [*headers, *carried, now.received_at_header]
+            outcome.records.append(Outgoing(raw_topic, key, payload, raw_headers))
+            return
         # Bound the nesting before decoding (see json_depth): counting the
         # opening brackets settles almost every message.
         if payload.count(b"[") + payload.count(b"{") > self.max_depth:
@@ -356,18 +368,9 @@ class Normalizer:
                 "not_an_object", f"payload is a JSON {type(doc).__name__}, not an object"
             )
         schema_version = self._schema_version(mapping, doc)
-        raw_tenant = mapping.tenant(segments, doc)
-        raw_device = mapping.device(segments, doc)
-        known = None
-        if isinstance(raw_tenant, str) and isinstance(raw_device, str):  # else maybe unhashable
-            tenant, device = raw_tenant, raw_device
-            known = self._identities.get((topic, tenant, device, schema_version, delivery))
-        if known is None:
-            tenant = self._identity(raw_tenant, "tenant")
-            device = self._identity(raw_device, "device")
-            identity = (topic, tenant, device, schema_version, delivery)
-            known = self._identify(mapping, segments, identity)
-        key, headers = known
+        tenant, device, key, headers = self._known(
+            mapping, segments, topic, doc, schema_version, delivery
+        )
         try:
             self._check_identity(mapping, doc, tenant, device)
             ts_ms = self._event_ms(mapping, doc, now)
@@ -436,6 +439,29 @@ class Normalizer:
             raw_headers = [*headers, now.received_at_header]
             records.append(Outgoing(mapping.raw_topic, key, payload, raw_headers))
 
+    def _known(
+        self,
+        mapping: MappingPlan,
+        segments: dict[str, str],
+        topic: str,
+        doc: dict[str, Any],
+        schema_version: int | None,
+        delivery: tuple[int, bool],
+    ) -> tuple[str, str, bytes, Headers]:
+        """Tenant, device, record key and base headers of a message: checked
+        and built the first time an identity is seen, then remembered."""
+        raw_tenant = mapping.tenant(segments, doc)
+        raw_device = mapping.device(segments, doc)
+        if isinstance(raw_tenant, str) and isinstance(raw_device, str):  # else maybe unhashable
+            known = self._identities.get((topic, raw_tenant, raw_device, schema_version, delivery))
+            if known is not None:
+                return raw_tenant, raw_device, known[0], known[1]
+        tenant = self._identity(raw_tenant, "tenant")
+        device = self._identity(raw_device, "device")
+        identity = (topic, tenant, device, schema_version, delivery)
+        key, headers = self._identify(mapping, segments, identity)
+        return tenant, device, key, headers
+
     def _identify(
         self, mapping: MappingPlan, segments: dict[str, str], identity: Identity
     ) -> tuple[bytes, Headers]:
@@ -448,8 +474,9 @@ class Normalizer:
             ("tenant", tenant.encode()),
             ("device", device.encode()),
             ("mqtt_topic", topic.encode()),
-            ("schema_version", str(schema_version).encode()),
         ]
+        if schema_version is not None:  # None: a raw-only mapping, which never reads it
+            headers.append(("schema_version", str(schema_version).encode()))
         key = mapping.key.render(key_values).encode()
         if mapping.headers:
             key_values["mqtt_qos"] = str(qos)

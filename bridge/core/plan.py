@@ -76,7 +76,7 @@ class MappingPlan:
     filter: TopicFilter
     qos: int
     shared_group: str | None
-    clean_topic: str
+    clean_topic: str | None  # None: a raw-only (pass-through) mapping
     raw_topic: str | None
     dead_letter_topic: str
     key: Template
@@ -280,6 +280,8 @@ def compile_mapping(
         errors.add(path + ".payload.ts.required", "a required time needs a field")
     if mapping.dedup is not None:
         _check_dedup(mapping, path, errors)
+    if not mapping.kafka.clean_enabled:
+        _check_raw_only(mapping, path, errors)
     if errors.lines or key is None or tenant is None or device is None:
         return None, errors.lines
     plan = MappingPlan(
@@ -287,7 +289,7 @@ def compile_mapping(
         filter=topic_filter,
         qos=mapping.mqtt.qos,
         shared_group=mapping.mqtt.shared_group,
-        clean_topic=mapping.kafka.clean_topic,
+        clean_topic=mapping.kafka.clean_topic if mapping.kafka.clean_enabled else None,
         raw_topic=mapping.kafka.raw_topic if mapping.kafka.raw_enabled else None,
         dead_letter_topic=mapping.kafka.dead_letter_topic,
         key=key,
@@ -335,6 +337,31 @@ def _sparkplug(
         errors.add(path + ".sparkplug.rebirth_interval_s", "must be positive")
     interval = int(settings.rebirth_interval_s * 1000) if settings.rebirth else None
     return SparkplugPlan(settings.events_topic, interval)
+
+
+def _check_raw_only(mapping: Mapping, path: str, errors: _Errors) -> None:
+    """A raw-only mapping never reads its payload (that is its point: moving a
+    message costs no judging), so nothing it needs may come from there."""
+    where = path + ".kafka.clean_enabled"
+    if not mapping.kafka.raw_enabled:
+        errors.add(where, "with raw_enabled false too the mapping would write nothing")
+    if mapping.payload.format != "json":
+        # Sparkplug's births and sequence numbers are tracked by reading each
+        # payload; a pass-through of its bytes is a json mapping on spBv1.0/...
+        errors.add(
+            where,
+            "a sparkplug_b mapping reads every payload; to pass Sparkplug bytes through "
+            'unread, use format = "json" with the topic segments as tenant and device',
+        )
+    for name in ("tenant", "device"):
+        if getattr(mapping.payload, name).field is not None:
+            errors.add(
+                f"{path}.payload.{name}",
+                "a raw-only mapping (kafka.clean_enabled = false) does not read the payload: "
+                "take it from a topic segment or a constant",
+            )
+    if mapping.dedup is not None:
+        errors.add(path + ".dedup", "a raw-only mapping does not read the payload's event id")
 
 
 def _check_dedup(mapping: Mapping, path: str, errors: _Errors) -> None:

@@ -156,9 +156,15 @@ class KafkaSide(_Section):
     ``key`` and ``headers`` are templates of the topic's ``{segments}``,
     ``{tenant}`` and ``{device}``; a header may also use ``{mqtt_qos}`` (0, 1
     or 2) and ``{mqtt_retain}`` (true or false) of the MQTT message.
+
+    ``clean_enabled = false`` makes a raw-only (pass-through) mapping: every
+    message goes to ``raw_topic`` as it came, without reading the payload, so
+    nothing in it is judged and there are no clean records; tenant and device
+    must then come from topic segments or constants.
     """
 
     clean_topic: str = "telemetry.clean"
+    clean_enabled: bool = True
     raw_topic: str = "telemetry.raw"
     raw_enabled: bool = True
     dead_letter_topic: str = "telemetry.dlq"

@@ -165,6 +165,8 @@ class SparkplugMapper:
         allowed = normalizer.plan.allowed_metrics.get((tenant, device))
         alarms = normalizer.alarms
         records = outcome.records
+        clean_topic = mapping.clean_topic
+        assert clean_topic is not None  # the plan refuses a raw-only Sparkplug mapping
         base = CleanRecord(
             tenant=tenant,
             device_serial_id=device,
@@ -190,7 +192,7 @@ class SparkplugMapper:
             record = replace(
                 base, metric=name, metric_type=metric_type, value=value, unit=unit, ts=ts
             )
-            records.append(Outgoing(mapping.clean_topic, key, _encode(record), headers))
+            records.append(Outgoing(clean_topic, key, _encode(record), headers))
             outcome.clean += 1
             if alarms and metric_type == "numeric" and not isinstance(value, bool | str):
                 for alarm in alarms.observe(tenant, device, name, value, ts_ms, ts):

@@ -141,16 +141,25 @@ class JsonReader:
         return metrics
 
 
+#: The clean records' topic name inside a reader of a raw-only mapping: they
+#: never leave it.
+JUDGED_HERE = "judged-at-read"
+
+
 class MappingReader:
     """A raw-topic record read again through one ingest mapping.
 
     The mapping runs without its de-duplication (the ingest already did that,
     and an endpoint reading history must not drop what it re-reads); its
-    alarm records are ignored.
+    alarm records are ignored.  A raw-only mapping (``clean_enabled = false``)
+    is judged here in full, as if it made clean records: the ingest moved its
+    messages unread, and this reader is where their metrics are read.
     """
 
     def __init__(self, plan: Plan, mapping: MappingPlan) -> None:
-        self.mapping = dataclasses.replace(mapping, dedup_window_ms=None)
+        self.mapping = dataclasses.replace(
+            mapping, dedup_window_ms=None, clean_topic=mapping.clean_topic or JUDGED_HERE
+        )
         own = Plan(plan.config, (self.mapping,), plan.catalog, plan.registry, plan.allowed_metrics)
         self._normalizer = Normalizer(own)
 

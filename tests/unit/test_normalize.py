@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from bridge.core.normalize import Normalizer, Now
-from tests.unit.core_fixtures import NOW, REPO, normalizer_for, reasons, records, values
+from bridge.core.stream_read import MappingReader
+from tests.unit.core_fixtures import (
+    NOW,
+    REPO,
+    normalizer_for,
+    plan_from,
+    reasons,
+    records,
+    values,
+)
 
 WriteConfig = Callable[..., Path]
 TOPIC = "tenant/t1/device/DEV-001/telemetry"
@@ -838,3 +847,40 @@ def test_alarms_go_to_the_alarms_topic_on_edges_only(make: Callable[[str], Norma
             },
         ),
     ]
+
+
+RAW_ONLY = """
+[limits]
+max_payload_bytes = 64
+[[mappings]]
+name = "moved"
+kafka = { clean_enabled = false, headers = { site = "{tenant}" } }
+"""
+
+
+def test_a_raw_only_mapping_moves_each_message_unread(make: Callable[[str], Normalizer]) -> None:
+    normalizer = make(RAW_ONLY)
+    base = [("tenant", "t1"), ("device", "DEV-001"), ("mqtt_topic", TOPIC), ("site", "t1")]
+    for payload in (b"not JSON at all", ISSUE_PAYLOAD[:60], b'{"schema_version": 7}'):
+        outcome = normalizer.process(TOPIC, payload, NOW, [("trace", "abc")])
+        assert (outcome.mapping, outcome.clean, outcome.dead) == ("moved", 0, [])
+        assert records(outcome) == [
+            (
+                "telemetry.raw",
+                "t1:DEV-001",
+                [*base, ("trace", "abc"), ("received_at", RECEIVED)],
+                payload,
+            )
+        ]
+    # What the topic and the size decide is still judged: no payload is read for it.
+    assert reasons(normalizer.process(TOPIC, b"x" * 65, NOW)) == [("payload_too_large", None)]
+    bad_device = "tenant/t1/device/DEV 1/telemetry"
+    assert reasons(normalizer.process(bad_device, b"{}", NOW)) == [("invalid_topic", None)]
+
+
+def test_a_raw_only_mapping_is_judged_by_a_stream_reading_it(tmp_config: WriteConfig) -> None:
+    plan = plan_from(tmp_config(RAW_ONLY))
+    reader = MappingReader(plan, plan.mappings[0])
+    payload = b'{"schema_version": 1, "metrics": {"t": 1.5}}'
+    item = reader(payload, [("mqtt_topic", TOPIC.encode())], NOW.epoch_ms)
+    assert (item.tenant, item.device, item.metrics) == ("t1", "DEV-001", {"t": 1.5})

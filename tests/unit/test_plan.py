@@ -172,6 +172,19 @@ MAPPING_ERRORS = [
     ),
     ("dedup = { window_s = 60 }", "dedup: dedup needs payload.event_id to say where the id is"),
     (
+        "kafka = { clean_enabled = false, raw_enabled = false }",
+        "kafka.clean_enabled: with raw_enabled false too the mapping would write nothing",
+    ),
+    (
+        'kafka = { clean_enabled = false }\npayload = { device = { field = "id" } }',
+        "payload.device: a raw-only mapping (kafka.clean_enabled = false) does not read the "
+        "payload: take it from a topic segment or a constant",
+    ),
+    (
+        'kafka = { clean_enabled = false }\ndedup = {}\npayload = { event_id = { field = "id" } }',
+        "dedup: a raw-only mapping does not read the payload's event id",
+    ),
+    (
         'dedup = { window_s = 0 }\npayload = { event_id = { field = "id" } }',
         "dedup.window_s: must be positive",
     ),

@@ -365,6 +365,10 @@ def test_the_table_covers_every_reason_the_sparkplug_core_can_give() -> None:
             "payload: a sparkplug_b payload names its own metrics",
         ),
         ("dedup = { window_s = 5 }", "dedup: Sparkplug B messages carry no event id"),
+        (
+            "kafka = { clean_enabled = false }",
+            "kafka.clean_enabled: a sparkplug_b mapping reads every payload",
+        ),
         ('sparkplug = { events_topic = "" }', "sparkplug.events_topic: empty Kafka topic name"),
         (
             "sparkplug = { rebirth_interval_s = 0 }",
