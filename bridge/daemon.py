@@ -143,7 +143,7 @@ class Daemon:
 
     def _mqtt_client(self, mqtt_settings: Any) -> MqttClient:
         subscriptions = [(m.subscription, m.qos) for m in self.plan.mappings]
-        return MqttClient(
+        client = MqttClient(
             mqtt_settings,
             subscriptions,
             self._on_batch,
@@ -151,6 +151,8 @@ class Daemon:
             max_payload_bytes=self.config.limits.max_payload_bytes,
             on_session_lost=self._on_session_lost,
         )
+        client.backlog = self._backlog
+        return client
 
     # The MQTT client and ingest each need the other: the client is built
     # first, and reaches ingest through these (no message comes before
@@ -162,6 +164,12 @@ class Daemon:
     def _on_session_lost(self, generation: int) -> None:
         assert self.ingest is not None
         self.ingest.session_lost(generation)
+
+    def _backlog(self) -> int:
+        """Messages waiting for Kafka: the MQTT client reads nothing more while
+        ``mqtt.receive_maximum`` do."""
+        assert self.ingest is not None
+        return self.ingest.in_flight
 
     async def run(self) -> None:
         try:

@@ -257,7 +257,10 @@ class TlsSettings(_Section):
 class MqttSettings(_Section):
     """The MQTT client.  ``embedded`` decides whether an amqtt broker is started
     when nothing answers at ``url``: ``auto`` (only for the default local URL),
-    ``always`` or ``never``."""
+    ``always`` or ``never``.  ``receive_maximum`` bounds the messages waiting
+    for Kafka: the broker is asked to send no more unacknowledged (MQTT 5),
+    and the bridge reads nothing more while that many wait, so its memory
+    stays bounded with any broker and at QoS 0 too."""
 
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "edge-bridge"

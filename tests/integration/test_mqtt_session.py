@@ -125,13 +125,14 @@ class ScriptedBroker:
         self.closed_by_client_at = time.monotonic()
 
 
-def _client(port: int, received: list[InboundMessage]) -> MqttClient:
+def _client(port: int, received: list[InboundMessage], receive_maximum: int = 1000) -> MqttClient:
     settings = MqttSettings(
         url=f"mqtt://127.0.0.1:{port}",
         client_id="session-test",
         protocol="3.1.1",
         keepalive_s=KEEPALIVE_S,
         reconnect_min_s=30,
+        receive_maximum=receive_maximum,
     )
 
     def on_batch(messages: list[InboundMessage], generation: int) -> None:
@@ -164,6 +165,56 @@ async def test_messages_before_a_late_suback_are_processed_and_the_connection_ke
         assert broker.closed_by_client_at is None
         nursery.cancel_scope.cancel()
     assert len(received) == broker.sent > 0
+
+
+async def test_a_full_backlog_stops_reading_until_acknowledgements_make_room() -> None:
+    """A broker that ignores the receive maximum (as MQTT 3.1.1 has none, and
+    mosquitto 2.0 did at MQTT 5) floods the client: it takes at most
+    ``receive_maximum`` unacknowledged messages and one read beyond, and
+    keeps the connection while it holds, PINGREQs unanswered; once the
+    messages are acknowledged the rest flows and nothing is lost."""
+    broker = ScriptedBroker(before_s=0, suback_code=0x01, after_s=3)
+    received: list[InboundMessage] = []
+    held: list[tuple[int, int]] = []
+    most = 0
+
+    def on_batch(messages: list[InboundMessage], generation: int) -> None:
+        nonlocal most
+        received.extend(messages)
+        held.extend((generation, m.mid) for m in messages)
+        most = max(most, len(held))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(broker.serve)
+        client = _client(broker.port, received, receive_maximum=100)
+        client.on_batch = on_batch
+        client.backlog = lambda: len(held)
+        with trio.fail_after(5):
+            await nursery.start(client.run)
+        # Held until the keepalive would have given the connection up, had
+        # the silence of a full backlog counted.
+        with trio.fail_after(10):
+            while not client._keepalive.expired(time.monotonic()):
+                await trio.sleep(0.05)
+        await trio.sleep(0.2)  # a few more passes of the read loop, still holding
+        assert client.connected and client.reconnects == 0
+        assert 100 <= most <= 100 + 65_536 // len(_publish(0))
+
+        def ack_at_once(messages: list[InboundMessage], generation: int) -> None:
+            received.extend(messages)
+            for message in messages:
+                client.ack(generation, message.mid)
+
+        client.on_batch = ack_at_once
+        client.backlog = None
+        for generation, mid in held:
+            client.ack(generation, mid)
+        with trio.fail_after(20):
+            while not broker.done or broker.pubacks < broker.sent:
+                await trio.sleep(0.01)
+        assert client.reconnects == 0
+        nursery.cancel_scope.cancel()
+    assert len(received) == broker.sent
 
 
 async def test_a_new_session_is_ready_only_once_the_suback_grants_it() -> None:
