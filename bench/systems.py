@@ -148,7 +148,12 @@ class Bridges:
         #: Each daemon's worst-case memory computed from its settings, MiB
         #: (bridge/ops/memory_budget.py), printed beside the measured peak.
         self.worst_case_mib = sum(
-            memory_budget(load_config(path).config, record_bytes=RECORD_BYTES).total / MIB
+            memory_budget(
+                load_config(path).config,
+                record_bytes=RECORD_BYTES,
+                records_per_message=11 if sparkplug else 3,  # a DDATA's 10 metrics and raw
+            ).total
+            / MIB
             for path in self.configs
         )
 

@@ -15,9 +15,23 @@ parts (docs/operations.md has the formula in words):
   librdkafka's own defaults (64 MiB queued and 50 MiB per fetch, per
   consumer) are what made a stream that fell behind a saturated ingest grow
   the daemon past 300 MiB.
-* ``producer_queue``: librdkafka's producer queue,
-  ``kafka.queue_max_messages`` records (or ``queue.buffering.max.kbytes``,
-  whichever bounds first) with their bookkeeping.
+* ``mqtt_backlog``: the messages read from the broker and not yet
+  acknowledged: the bridge reads nothing more while ``mqtt.receive_maximum``
+  wait (bridge.io.mqtt), so at most that many plus one read
+  (:data:`RECV_BYTES` of packets of at least :data:`MIN_PUBLISH_BYTES`),
+  each with its Python bookkeeping.
+* ``producer_queue``: those messages' records, ``records_per_message`` each,
+  in librdkafka's producer queue (or the ingest's overflow when it is full),
+  with librdkafka's bookkeeping, at most ``queue.buffering.max.kbytes`` of
+  their bytes when that is set lower.  Nothing else fills it but the spool's
+  drain, counted under ``spool``: ``kafka.queue_max_messages`` is no longer
+  what bounds it.
+* ``allocator_slack``: a live consumer reading compressed batches (the
+  stream's, unless ``stream.source = "local"``) leaves glibc's heap of its
+  librdkafka thread fragmented, the decompressed batches being freed out of
+  order: up to :data:`COMPRESSED_READ_SLACK_BYTES` each, measured.  Counted
+  when ``kafka.compression`` is not ``none``, since the records it reads are
+  the ones this daemon compressed.
 * ``client_queues``: ``stream.client_queue`` events for each client, for
   ``stream.max_per_tenant`` clients per tenant; an event is held as its
   envelope, its WebSocket text and its SSE frame.  The tenants are those of
@@ -43,6 +57,7 @@ from bridge.core.normalize import CACHE_ENTRIES
 from bridge.core.settings import Config
 from bridge.ingest.store_forward import DRAIN_BATCH
 from bridge.io.kafka_config import CONSUMER_PREFETCH
+from bridge.io.mqtt import RECV_BYTES
 from bridge.stream.hub import LOCAL_MEMORY
 
 MIB = 1 << 20
@@ -55,6 +70,19 @@ BASELINE_BYTES = 64 * MIB
 LIBRDKAFKA_RECORD_BYTES = 256
 #: librdkafka's default producer bound in KiB (``queue.buffering.max.kbytes``).
 PRODUCER_DEFAULT_KBYTES = 1_048_576
+#: The smallest QoS 1 PUBLISH that makes records, for the count of messages
+#: one read may bring beyond ``receive_maximum``: a short topic matching a
+#: mapping and a payload of a few bytes.
+MIN_PUBLISH_BYTES = 64
+#: A message waiting for Kafka, beside its payload: the decoded packet, its
+#: topic, the delivery bookkeeping and callback (tracemalloc, the default
+#: mapping).
+MESSAGE_BYTES = 600
+#: glibc's heap of a librdkafka consumer thread that decompresses batches at
+#: a saturated ingest: two heaps of 63 and 29 MiB measured with the stream
+#: reading lz4 batches back (malloc_trim returned 64 MiB of it at once);
+#: with ``kafka.compression = "none"`` none of it (docs/benchmarks.md).
+COMPRESSED_READ_SLACK_BYTES = 96 * MIB
 #: Per entry, measured with tracemalloc on the default mapping.
 CACHE_ENTRY_BYTES = 1100  # a route plus an identity, per device
 DEDUP_ENTRY_BYTES = 200
@@ -103,18 +131,22 @@ def _consumer_bytes(settings: dict[str, int], record_bytes: int) -> int:
     return queued + in_flight + records * LIBRDKAFKA_RECORD_BYTES
 
 
-def memory_budget(config: Config, *, record_bytes: int = 512, tenants: int = 1) -> MemoryBudget:
-    """The worst-case memory of a daemon running ``config``."""
+def memory_budget(
+    config: Config, *, record_bytes: int = 512, records_per_message: int = 3, tenants: int = 1
+) -> MemoryBudget:
+    """The worst-case memory of a daemon running ``config``, for messages of
+    ``records_per_message`` records (3 with the default mapping and two
+    metrics) of ``record_bytes`` on average."""
     stream = config.stream
     consumer = _consumer_bytes(_effective(config, CONSUMER_PREFETCH, stream=True), record_bytes)
-    consumers = stream.replay_concurrency + len(config.streams)
-    if stream.source != "local":
-        consumers += 1
+    live = len(config.streams) + (stream.source != "local")
+    consumers = stream.replay_concurrency + live
     commands = _consumer_bytes(_effective(config, CONSUMER_PREFETCH, stream=False), record_bytes)
 
+    backlog = config.mqtt.receive_maximum + RECV_BYTES // MIN_PUBLISH_BYTES
     kbytes = {"queue.buffering.max.kbytes": PRODUCER_DEFAULT_KBYTES}
     producer = _effective(config, kbytes, stream=False)
-    queued = config.kafka.queue_max_messages
+    queued = backlog * records_per_message
     producer_bytes = min(queued * record_bytes, producer["queue.buffering.max.kbytes"] * 1024)
 
     clients = stream.max_per_tenant * max(tenants, len(config.devices), 1)
@@ -131,7 +163,11 @@ def memory_budget(config: Config, *, record_bytes: int = 512, tenants: int = 1) 
         {
             "baseline": BASELINE_BYTES,
             "kafka_consumers": consumers * consumer + len(config.commands) * commands,
+            "mqtt_backlog": backlog * (MESSAGE_BYTES + record_bytes),
             "producer_queue": producer_bytes + queued * LIBRDKAFKA_RECORD_BYTES,
+            "allocator_slack": (
+                live * COMPRESSED_READ_SLACK_BYTES if config.kafka.compression != "none" else 0
+            ),
             "client_queues": stream.client_queue * clients * event_bytes,
             "normalizer_caches": CACHE_ENTRIES * CACHE_ENTRY_BYTES,
             "dedup": dedup * DEDUP_ENTRY_BYTES,
