@@ -282,11 +282,15 @@ class KafkaSettings(_Section):
     ``shutdown_flush_s``: at a graceful stop, how long to wait for Kafka to
     acknowledge the records in flight before the rest go to the spool (or stay
     unacknowledged, for the broker to deliver again); keep it well below the
-    service manager's stop timeout (``TimeoutStopSec=45`` in the shipped unit)."""
+    service manager's stop timeout (``TimeoutStopSec=45`` in the shipped unit).
+    ``compression``: ``none`` by default, for a Kafka on the same host or LAN,
+    where compressing saves nothing and decompressing the batches the stream
+    reads back left 80 MiB of fragmented heap (docs/benchmarks.md); across a
+    WAN set ``lz4`` or ``zstd``."""
 
     bootstrap: str = "127.0.0.1:9092"
     linger_ms: Annotated[int, Meta(ge=0, le=900_000)] = 5
-    compression: str = "lz4"
+    compression: str = "none"
     queue_max_messages: Annotated[int, Meta(ge=1, le=2_147_483_647)] = 200_000
     delivery_timeout_ms: Millis = 15_000
     shutdown_flush_s: Annotated[float, Meta(ge=0.1, le=600)] = 10.0
