@@ -118,12 +118,19 @@ def _threads(pid: int) -> dict[int, tuple[float, bool]]:
     return out
 
 
-def _machine_seconds() -> float:
-    """CPU seconds all CPUs have been busy (not idle, not waiting for I/O);
-    time stolen by the hypervisor counts as busy: it was not ours."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _TICKS
+def _machine_seconds() -> dict[str, float]:
+    """CPU seconds the CPUs have been busy (not idle, not waiting for I/O),
+    in all (``machine``) and each CPU the bench may use (``machine 0`` for
+    the first); time stolen by the hypervisor counts as busy: not ours."""
+    index = {f"cpu{cpu}": i for i, cpu in enumerate(sorted(os.sched_getaffinity(0)))}
+    out: dict[str, float] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name == "cpu" or name in index:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
+            busy = (user + nice + system + irq + softirq + steal) / _TICKS
+            out[MACHINE if name == "cpu" else f"{MACHINE} {index[name]}"] = busy
+    return out
 
 
 def _process_seconds(pid: int) -> float:
@@ -138,14 +145,15 @@ class ProcessSplit:
     """Cores each named process used between :meth:`start` and :meth:`stop`,
     and for the system under test also its Python threads (``sut-0 gil``):
     what the one-GIL bound applies to; and the machine's busy cores in all
-    (``machine``), which shows how much other jobs took."""
+    (``machine``) and per CPU (``machine 0``...), which show how much other
+    jobs took, and where."""
 
     def __init__(self, named: Mapping[str, list[int]]) -> None:
         self.named = dict(named)
 
     def _sample(self) -> tuple[dict[str, float], dict[str, dict[int, tuple[float, bool]]]]:
         totals = {part: sum(_process_seconds(p) for p in pids) for part, pids in self.named.items()}
-        totals[MACHINE] = _machine_seconds()
+        totals |= _machine_seconds()
         threads = {
             part: {tid: v for pid in pids for tid, v in _threads(pid).items()}
             for part, pids in self.named.items()
@@ -187,7 +195,7 @@ def project(
     *,
     families: Iterable[str] | None = None,
     layout: Layout | None = None,
-    available: float = 1.0,
+    others: Mapping[tuple[int, ...], float] | None = None,
 ) -> Projection:
     """The rate a machine of ``cores`` cores allows, from one measured run:
     its ``rate`` and the cores each part used at it (:class:`ProcessSplit`).
@@ -198,7 +206,8 @@ def project(
     Python threads; with a ``layout``, each pinned CPU set for what is pinned
     to it.  ``families`` limits the processes on the machine (``GATEWAY``:
     mosquitto and the daemons; Kafka and the publishers elsewhere).
-    ``available`` is the share of every core left by other work (1: none).  A
+    ``others`` is what other jobs took: cores on each pinned CPU set, and
+    under ``()`` on the machine in all (nothing, by default).  A
     projection, not a measurement: it assumes perfect scheduling and no
     cost of contention, so it is an upper bound.
     """
@@ -206,27 +215,40 @@ def project(
         return Projection(0.0, "nothing measured")
     wanted = set(families) if families is not None else None
     parts = {
-        p: u for p, u in split.items() if p != MACHINE and (wanted is None or _family(p) in wanted)
+        p: u
+        for p, u in split.items()
+        if not p.startswith(MACHINE) and (wanted is None or _family(p) in wanted)
     }
+    taken = others or {}
+
+    def left(cpus: tuple[int, ...] | None) -> float:
+        """The share of a CPU set (None: all cores) that other jobs left."""
+        size = cores if cpus is None else len(cpus)
+        return max(0.0, size - taken.get(cpus or (), 0.0)) / size
+
+    def where(part: str) -> tuple[int, ...] | None:
+        return layout.cpus(part.split(" ")[0]) if layout is not None else None
+
     processes = {p: u for p, u in parts.items() if GIL not in p}
     bounds: list[tuple[str, float, float]] = [
-        (f"all processes on {cores} cores", sum(processes.values()), cores)
+        (f"all processes on {cores} cores", sum(processes.values()), cores * left(None))
     ]
     for part, used in parts.items():
         if part.endswith(GIL):
-            bounds.append((f"{part[: -len(GIL)]}'s Python threads (one GIL)", used, 1))
+            name = f"{part[: -len(GIL)]}'s Python threads (one GIL)"
+            bounds.append((name, used, left(where(part))))
         elif _family(part) in SINGLE_CORE:
-            bounds.append((f"{part} (one thread)", used, 1))
-    if layout is not None:
-        groups: dict[tuple[int, ...], float] = {}
-        for part, used in processes.items():
-            chosen = layout.cpus(part)
-            if chosen is not None:
-                groups[chosen] = groups.get(chosen, 0.0) + used
-        for chosen, used in groups.items():
-            bounds.append((f"CPU {','.join(map(str, chosen))} (pinned)", used, len(chosen)))
+            bounds.append((f"{part} (one thread)", used, left(where(part))))
+    groups: dict[tuple[int, ...], float] = {}
+    for part, used in processes.items():
+        chosen = where(part)
+        if chosen is not None:
+            groups[chosen] = groups.get(chosen, 0.0) + used
+    for chosen, used in groups.items():
+        name = f"CPU {','.join(map(str, chosen))} (pinned)"
+        bounds.append((name, used, len(chosen) * left(chosen)))
     factor, limit = min(
-        ((capacity * available / used, name) for name, used, capacity in bounds if used > 0),
+        ((capacity / used, name) for name, used, capacity in bounds if used > 0),
         default=(math.inf, "nothing measured"),
     )
     return Projection(rate * factor, limit)
@@ -254,15 +276,28 @@ def _daemons(result: IngestResult) -> list[str]:
 
 def _ours(result: IngestResult) -> float:
     """Cores the run's own processes used."""
-    return sum(u for p, u in result.split.items() if GIL not in p and p != MACHINE)
+    return sum(u for p, u in result.split.items() if GIL not in p and not p.startswith(MACHINE))
 
 
-def _available(result: IngestResult, cores: int) -> float:
-    """The share of the cores other jobs left to the run (1 on a quiet machine)."""
-    if MACHINE not in result.split:
-        return 1.0
-    other = max(0.0, result.split[MACHINE] - _ours(result))
-    return max(0.0, cores - other) / cores
+def _others(result: IngestResult) -> dict[tuple[int, ...], float]:
+    """Cores other jobs took during the run: on the machine in all (``()``)
+    and, for a run with every process pinned, on each pinned CPU set (its
+    busy time less that of the run's processes pinned there)."""
+    if MACHINE not in result.split:  # a run saved before the machine was read
+        return {}
+    out = {(): max(0.0, result.split[MACHINE] - _ours(result))}
+    if result.pinning and LAYOUTS[result.pinning].rest is not None:
+        layout = LAYOUTS[result.pinning]
+        for cpus in {layout.cpus(p) for p in result.split if GIL not in p}:
+            if cpus is None:
+                continue
+            busy = sum(result.split.get(f"{MACHINE} {c}", 0.0) for c in cpus)
+            ours = sum(
+                u for p, u in result.split.items()
+                if GIL not in p and not p.startswith(MACHINE) and layout.cpus(p) == cpus
+            )  # fmt: skip
+            out[cpus] = max(0.0, busy - ours)
+    return out
 
 
 def _one_daemon(results: Mapping[str, IngestResult], name: str) -> IngestResult | None:
@@ -273,17 +308,16 @@ def _one_daemon(results: Mapping[str, IngestResult], name: str) -> IngestResult 
 
 
 def _unpinned(results: Mapping[str, IngestResult], result: IngestResult) -> IngestResult | None:
-    """The run whose costs predict ``result``: itself, or for a pinned run
-    the same daemons unpinned (``qos1-shared2-pin-own`` -> ``qos1-shared2``)."""
-    return results.get(result.name.split("-pin-")[0]) if result.pinning else result
+    """The run whose costs predict a pinned run: the same daemons unpinned
+    (``qos1-shared2-pin-own`` -> ``qos1-shared2``)."""
+    return results.get(result.name.split("-pin-")[0])
 
 
 def _predicted(free: IngestResult, result: IngestResult, cores: int) -> Projection:
     """``result``'s rate as ``free``'s per-process costs predict it on this
     machine, with ``result``'s pinning and the cores other jobs left it."""
     layout = LAYOUTS[result.pinning] if result.pinning else None
-    available = _available(result, cores)
-    return project(free.rate, free.split, cores, layout=layout, available=available)
+    return project(free.rate, free.split, cores, layout=layout, others=_others(result))
 
 
 def _scaled(results: Mapping[str, IngestResult]) -> list[IngestResult]:
@@ -346,7 +380,7 @@ def scaling_rows(results: Mapping[str, IngestResult]) -> list[str]:
 
         daemons = [f"{us([d])} ({us([d + GIL])})" for d in _daemons(r)]
         loads = [p for p in r.split if p.startswith("load-")]
-        other = (1 - _available(r, cores)) * cores
+        other = _others(r).get((), 0.0)
         lines.append(
             _row(r.name, *[*daemons, "-"][:2], us(["mosquitto"]), us(["tansu"]), us(loads),
                  us(["probe"]), f"{_ours(r):.2f} / {other:.2f}")
@@ -384,7 +418,7 @@ def scaling_rows(results: Mapping[str, IngestResult]) -> list[str]:
     ]
     for r in runs:
         free = _unpinned(results, r)
-        if free is None or not free.rate:
+        if not r.pinning or free is None or not free.rate:
             continue
         guess = _predicted(free, r, cores)
         lines.append(
@@ -408,7 +442,7 @@ def figures(results: Mapping[str, IngestResult]) -> dict[str, float]:
         if paho and paho.rate:
             out[f"{r.name} / paho-qos1"] = r.rate / paho.rate
         free = _unpinned(results, r)
-        guess = _predicted(free, r, cores).rate if free is not None else 0.0
+        guess = _predicted(free, r, cores).rate if free is not None and r.pinning else 0.0
         if guess:
             out[f"{r.name}: measured / predicted here"] = r.rate / guess
         if r.pinning:

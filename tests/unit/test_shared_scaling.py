@@ -87,8 +87,15 @@ def test_a_pinned_cpu_holds_what_is_pinned_to_it() -> None:
     assert own == project(10_000, TWO, 2)
 
 
-def test_cores_taken_by_other_jobs_scale_every_bound() -> None:
-    assert project(10_000, ONE, 4, available=0.5).rate == pytest.approx(10_000 / 0.7 / 2)
+def test_cores_other_jobs_took_are_taken_from_each_bound() -> None:
+    # Half of the machine gone: the daemon's GIL gets half a core.
+    got = project(10_000, ONE, 4, others={(): 2.0})
+    assert got.rate == pytest.approx(10_000 * 0.5 / 0.7)
+    assert got.limit == "sut-0's Python threads (one GIL)"
+    # Half of CPU 1 gone, where the daemon is pinned: 0.5 core for its 0.9.
+    pinned = project(10_000, ONE, 2, layout=LAYOUTS["split"], others={(1,): 0.5})
+    assert pinned.rate == pytest.approx(10_000 * 0.5 / 0.9)
+    assert pinned.limit == "CPU 1 (pinned)"
 
 
 def _burn(seconds: float) -> None:
