@@ -369,9 +369,9 @@ def scaling_rows(results: Mapping[str, IngestResult]) -> list[str]:
         "Core-µs per message by process over the steady window (in brackets: a daemon's "
         "Python threads, which one GIL serialises); cores busy with other jobs meanwhile",
         "",
-        _row("run", "daemon 0", "daemon 1", "mosquitto", "tansu", "load", "probe",
+        _row("run", "daemon 0", "daemon 1", "mosquitto", "tansu", "load", "probe", "all",
              "cores: this run / other jobs"),
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in runs:
 
@@ -383,7 +383,7 @@ def scaling_rows(results: Mapping[str, IngestResult]) -> list[str]:
         other = _others(r).get((), 0.0)
         lines.append(
             _row(r.name, *[*daemons, "-"][:2], us(["mosquitto"]), us(["tansu"]), us(loads),
-                 us(["probe"]), f"{_ours(r):.2f} / {other:.2f}")
+                 us(["probe"]), _us(_ours(r), r.rate, "{:.1f}"), f"{_ours(r):.2f} / {other:.2f}")
         )  # fmt: skip
     lines += [
         "",
@@ -441,6 +441,13 @@ def figures(results: Mapping[str, IngestResult]) -> dict[str, float]:
             out[f"{r.name} / {one.name}"] = r.rate / one.rate
         if paho and paho.rate:
             out[f"{r.name} / paho-qos1"] = r.rate / paho.rate
+        # The same at equal cores: CPU per message of all the run's processes,
+        # which other jobs on the machine change much less than the rate.
+        for other in (one, paho):
+            if other is not None and other is not r and not r.pinning and _ours(r) and r.rate:
+                out[f"{r.name} / {other.name} at equal cores"] = (
+                    _ours(other) / other.rate * r.rate / _ours(r)
+                )
         free = _unpinned(results, r)
         guess = _predicted(free, r, cores).rate if free is not None and r.pinning else 0.0
         if guess:
