@@ -436,6 +436,8 @@ def figures(results: Mapping[str, IngestResult]) -> dict[str, float]:
     paho = results.get("paho-qos1")
     cores = len(os.sched_getaffinity(0))
     for r in _scaled(results):
+        if not r.rate:  # other jobs took the machine for the whole window: no figure
+            continue
         one = _one_daemon(results, r.name)
         if one is not None and one is not r and one.rate:
             out[f"{r.name} / {one.name}"] = r.rate / one.rate
@@ -457,6 +459,11 @@ def figures(results: Mapping[str, IngestResult]) -> dict[str, float]:
         for families, what in ((None, "bench"), (GATEWAY, "gateway")):
             far = project(r.rate, r.split, PROJECTED_CORES, families=families).rate
             out[f"{r.name} on {PROJECTED_CORES} cores ({what}), projected msgs/s"] = far
+            if one is not None and one is not r and one.rate:
+                alike = project(one.rate, one.split, PROJECTED_CORES, families=families).rate
+                out[
+                    f"{r.name} on {PROJECTED_CORES} cores ({what}), projected / {one.name} alike"
+                ] = far / alike
             if paho and paho.rate:
                 ref = project(paho.rate, paho.split, PROJECTED_CORES, families=families).rate
                 out[f"{r.name} on {PROJECTED_CORES} cores ({what}), projected / paho alike"] = (

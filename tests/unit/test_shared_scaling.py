@@ -174,3 +174,14 @@ def test_the_report_gives_each_run_of_two_daemons_its_same_run_ratios() -> None:
 
 def test_no_scaling_tables_without_a_run_of_several_daemons() -> None:
     assert scaling_rows({"qos1": _result("qos1", 10_000, ONE)}) == []
+
+
+def test_a_run_that_delivered_nothing_gives_no_figure() -> None:
+    """Other jobs can take the whole machine for a window (a rate of 0 was
+    seen): such a run must not pull a median of ratios down to 0."""
+    results = {
+        "qos1": _result("qos1", 10_000, ONE),
+        "qos1-shared2": _result("qos1-shared2", 0, TWO, daemons=2),
+    }
+    assert not [name for name in figures(results) if name.startswith("qos1-shared2")]
+    assert "| qos1-shared2 | 0 | 0.00x of qos1 | - | - |" in "\n".join(scaling_rows(results))
