@@ -30,6 +30,7 @@ from bench import stream_fanout  # noqa: E402
 from bench.ingest import IngestResult, Phase, Timing, measure_ingest  # noqa: E402
 from bench.machine import machine  # noqa: E402
 from bench.report import table  # noqa: E402
+from bench.shared_scaling import with_references  # noqa: E402
 from bench.systems import Settings  # noqa: E402
 
 LATENCY_RATE = 10_000
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(every)
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
+    chosen = with_references(chosen)
     overrides = _overrides(args.set)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)

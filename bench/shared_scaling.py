@@ -300,6 +300,18 @@ def _others(result: IngestResult) -> dict[tuple[int, ...], float]:
     return out
 
 
+def with_references(chosen: Sequence[str]) -> list[str]:
+    """The measurements to run: ``chosen``, and before it what a scaling run
+    is compared to in the same run (the paho reference, one daemon, and for
+    a pinned run the same daemons unpinned), when not chosen already."""
+    wanted: list[str] = []
+    for name in chosen:
+        if "-shared" in name or "-pin-" in name:
+            free = name.split("-pin-")[0]
+            wanted += ["paho-qos1", free.replace("-shared2", ""), free]
+    return list(dict.fromkeys([*(n for n in wanted if n not in chosen), *chosen]))
+
+
 def _one_daemon(results: Mapping[str, IngestResult], name: str) -> IngestResult | None:
     """The run of one daemon a run of several is compared to: the same
     settings (``qos1-shared2-no-stream`` -> ``qos1-no-stream``), else ``qos1``."""

@@ -23,6 +23,7 @@ from bench.shared_scaling import (
     pin,
     project,
     scaling_rows,
+    with_references,
 )
 
 #: One daemon at 10,000 msgs/s: cores used by each part.
@@ -185,3 +186,14 @@ def test_a_run_that_delivered_nothing_gives_no_figure() -> None:
     }
     assert not [name for name in figures(results) if name.startswith("qos1-shared2")]
     assert "| qos1-shared2 | 0 | 0.00x of qos1 | - | - |" in "\n".join(scaling_rows(results))
+
+
+def test_a_scaling_run_brings_its_same_run_references() -> None:
+    assert with_references(["qos1-shared2"]) == ["paho-qos1", "qos1", "qos1-shared2"]
+    assert with_references(["qos1-shared2-pin-own"]) == [
+        "paho-qos1", "qos1", "qos1-shared2", "qos1-shared2-pin-own",
+    ]  # fmt: skip
+    assert with_references(["qos1-shared2-no-stream", "qos1"]) == [
+        "paho-qos1", "qos1-no-stream", "qos1-shared2-no-stream", "qos1",
+    ]  # fmt: skip
+    assert with_references(["qos0", "naive-qos1"]) == ["qos0", "naive-qos1"]
