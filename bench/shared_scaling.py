@@ -12,8 +12,9 @@ mosquitto is one thread, Tansu and librdkafka's threads use any core.  The
 pinned runs check that model on this machine before it is trusted for four
 cores: from the unpinned run's costs it predicts the pinned run's rate.
 
-Only the standard library here: bench/run.py imports this module, and the
-bench's spawned load and probe processes import bench/run.py.
+Only the standard library and bench/machine.py here: bench/run.py imports
+this module, and the bench's spawned load and probe processes import
+bench/run.py.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.machine import TICKS, cpu_seconds
+
 if TYPE_CHECKING:
     from bench.ingest import IngestResult
 
-_TICKS = os.sysconf("SC_CLK_TCK")
 #: Threads whose names start so run C code that never takes the GIL
 #: (librdkafka's); every other thread of a daemon is counted as Python.
 GIL_FREE_THREADS = ("rdk:",)
@@ -112,8 +114,7 @@ def _threads(pid: int) -> dict[int, tuple[float, bool]]:
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 name = (task / "comm").read_text().strip()
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                seconds = (int(fields[11]) + int(fields[12])) / _TICKS
+                seconds = cpu_seconds(pid, int(task.name))
                 out[int(task.name)] = (seconds, not name.startswith(GIL_FREE_THREADS))
     return out
 
@@ -128,16 +129,15 @@ def _machine_seconds() -> dict[str, float]:
         name, *fields = line.split()
         if name == "cpu" or name in index:
             user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[:8])
-            busy = (user + nice + system + irq + softirq + steal) / _TICKS
+            busy = (user + nice + system + irq + softirq + steal) / TICKS
             out[MACHINE if name == "cpu" else f"{MACHINE} {index[name]}"] = busy
     return out
 
 
 def _process_seconds(pid: int) -> float:
-    """User + system CPU of the whole process, exited threads included."""
+    """:func:`cpu_seconds`, 0 for a process that has exited."""
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
+        return cpu_seconds(pid)
     return 0.0
 
 
@@ -146,7 +146,9 @@ class ProcessSplit:
     and for the system under test also its Python threads (``sut-0 gil``):
     what the one-GIL bound applies to; and the machine's busy cores in all
     (``machine``) and per CPU (``machine 0``...), which show how much other
-    jobs took, and where."""
+    jobs took, and where.  A Python thread that exits within the window
+    takes its time out of the ``gil`` share (``/proc`` no longer lists it),
+    so that share is, if anything, low."""
 
     def __init__(self, named: Mapping[str, list[int]]) -> None:
         self.named = dict(named)
