@@ -60,12 +60,13 @@ from bridge.ingest.stats import IngestStats
 from bridge.ingest.store_forward import READ_ONLY, SpoolIntake, StoreAndForward
 from bridge.io import sdnotify
 from bridge.io.embedded_broker import run_embedded_broker
+from bridge.io.files import spool_path, state_dir
 from bridge.io.http import ListenError, Request, Responder
 from bridge.io.kafka_producer import KafkaProducer
 from bridge.io.mqtt import MqttClient, parse_mqtt_url, port_answers
 from bridge.io.spool import Spool, SpoolError, SpoolStats, describe
 from bridge.ops import health, metrics
-from bridge.runtime import Runtime, spool_path
+from bridge.runtime import Runtime
 from bridge.stream.consumer import KafkaSource
 from bridge.stream.service import StreamService, StreamSettingsError, run_stream
 
@@ -639,14 +640,6 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
         for name in ("mqtt", "kafka", "listen", "spool", "commands")
         if getattr(old, name) != getattr(new, name)
     ]
-
-
-def state_dir(config: Config, environ: dict[str, str]) -> str:
-    """Where state that must survive a restart is kept: ``state_dir`` when set,
-    else the directory that holds the spool."""
-    if config.state_dir:
-        return config.state_dir
-    return os.path.dirname(os.path.abspath(spool_path(config.spool.path, environ)))
 
 
 def tune_gc() -> None:

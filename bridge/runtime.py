@@ -34,7 +34,8 @@ import confluent_kafka
 from bridge.auth import NO_KEY, AuthConfigError, Authenticator, keys_needed
 from bridge.config_loader import ConfigError, apply_overrides, load_config
 from bridge.core.plan import Plan, PlanError, compile_config
-from bridge.core.settings import Config, LoadedConfig, SpoolSettings
+from bridge.core.settings import Config, LoadedConfig
+from bridge.io.files import spool_path
 from bridge.io.http import ListenError, parse_listen
 from bridge.io.kafka_config import producer_config, refusal, stream_consumer_config
 from bridge.io.logs import level_number
@@ -188,23 +189,6 @@ def librdkafka_problems(config: Config) -> list[str]:
 
 
 # --------------------------------------------------------------------------- this machine
-def spool_path(configured: str, environ: Mapping[str, str]) -> str:
-    """Where the spool lives.  An explicit ``spool.path`` wins.  Left at its
-    default, systemd's ``$STATE_DIRECTORY`` is used when set; a user who cannot
-    write the default (a first run by hand) gets ``~/.local/state``."""
-    default = SpoolSettings().path
-    if configured != default:
-        return configured
-    state = environ.get("STATE_DIRECTORY")
-    if state:
-        return os.path.join(state.split(":")[0], "spool")
-    parent = os.path.dirname(default)
-    if os.access(parent, os.W_OK) or os.access(os.path.dirname(parent), os.W_OK):
-        return default
-    home = environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return os.path.join(home, "edge-bridge", "spool")
-
-
 def spool_problem(path: str) -> str | None:
     """Why the spool directory could not be opened (or created), or None.
     Nothing is created: the nearest existing parent must be writable."""

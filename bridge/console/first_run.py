@@ -27,6 +27,7 @@ import msgspec
 
 from bridge.auth import SECRET_ENV
 from bridge.core.settings import Config
+from bridge.io.files import state_dir
 from bridge.io.http import parse_listen
 
 SECRET_FILE = "console-secret"
@@ -66,8 +67,6 @@ def eligible(config: Config, environ: Mapping[str, str]) -> bool:
 def state_directory(config: Config, environ: Mapping[str, str]) -> Path:
     """Where the secret lives: the daemon's state directory (``state_dir``,
     else the directory that holds the spool)."""
-    from bridge.daemon import state_dir
-
     return Path(state_dir(config, dict(environ)))
 
 

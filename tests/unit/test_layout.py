@@ -5,8 +5,11 @@ outside ``bridge/core`` (the settings schema included, the config loader not)
 and no library that opens sockets, starts threads, reads files or the clock.
 Only the application reads config files: ``bridge.config_loader`` is imported
 by the modules that start and reload the daemon, never by the core, the
-adapters or the paths.  Imports are read from each file's syntax tree, those
-inside functions included, so a lazy import cannot slip past.
+adapters or the paths.  And the folders read top-down (the diagram in
+docs/architecture.md): each imports only from the layers above it, and the
+three data paths not from each other.  Imports are read from each file's
+syntax tree, those inside functions included, so a lazy import cannot slip
+past.
 """
 
 from __future__ import annotations
@@ -47,6 +50,28 @@ IMPURE = frozenset(
 
 #: The modules that read config files: they start, check and reload the daemon.
 LOADER_USERS = frozenset({"bridge.cli", "bridge.runtime", "bridge.daemon", "bridge.config_watch"})
+
+
+#: The layers, top-down: a module may import its own group and lower ranks.
+#: The data paths share a rank, so none imports another.
+RANKS = {
+    "core": 0,
+    "io": 1,
+    "auth": 2,
+    "ingest": 3,
+    "stream": 3,
+    "commands": 3,
+    "ops": 4,
+    "console": 5,
+    "application": 6,
+}
+
+
+def group(module: str) -> str:
+    """``bridge.stream.hub`` -> ``stream``; the top-level modules but auth
+    (runtime, config_loader, daemon, cli, ...) are the application."""
+    part = module.split(".")[1] if "." in module else ""
+    return part if part in RANKS else "application"
 
 
 def module_name(path: Path) -> str:
@@ -95,6 +120,16 @@ def loader_problems(name: str, imports: set[str]) -> list[str]:
     return [f"{name} imports {t}" for t in sorted(imports) if t == "bridge.config_loader"]
 
 
+def layer_problems(name: str, imports: set[str]) -> list[str]:
+    own = group(name)
+    problems = []
+    for target in sorted(t for t in imports if t.startswith("bridge.")):
+        other = group(target)
+        if other != own and RANKS[other] >= RANKS[own]:
+            problems.append(f"{name} ({own}) imports {target} ({other})")
+    return problems
+
+
 def test_the_core_imports_only_the_core_and_no_io() -> None:
     core = [(name, imports) for name, imports in modules() if name.startswith("bridge.core")]
     assert len(core) > 20  # the walk found the package
@@ -104,6 +139,11 @@ def test_the_core_imports_only_the_core_and_no_io() -> None:
 
 def test_only_the_application_imports_the_config_loader() -> None:
     problems = [p for name, imports in modules() for p in loader_problems(name, imports)]
+    assert problems == []
+
+
+def test_each_layer_imports_only_the_layers_above_it() -> None:
+    problems = [p for name, imports in modules() for p in layer_problems(name, imports)]
     assert problems == []
 
 
@@ -127,3 +167,11 @@ def test_the_checks_see_lazy_relative_and_module_imports() -> None:
         "bridge.io.mqtt imports bridge.config_loader"
     ]
     assert loader_problems("bridge.runtime", imports) == []
+    assert layer_problems("bridge.core.plan", imports) == [
+        "bridge.core.plan (core) imports bridge.config_loader (application)",
+        "bridge.core.plan (core) imports bridge.ingest (ingest)",
+        "bridge.core.plan (core) imports bridge.ingest.pipeline (ingest)",
+    ]
+    assert layer_problems("bridge.stream.hub", {"bridge.ingest.stats", "bridge.auth"}) == [
+        "bridge.stream.hub (stream) imports bridge.ingest.stats (ingest)"
+    ]

@@ -12,10 +12,10 @@ from bridge.core.normalize import Normalizer
 from bridge.core.settings import Config, KafkaSettings, SpoolSettings
 from bridge.core.sparkplug import decode_payload, parse_topic
 from bridge.core.sparkplug_state import SparkplugState
-from bridge.daemon import state_dir
 from bridge.ingest.pipeline import Ingest
 from bridge.ingest.sparkplug_store import FILE_NAME, StateSaver, load_state
 from bridge.ingest.stats import IngestStats
+from bridge.io.files import state_dir
 from bridge.io.kafka_producer import KafkaProducer
 from tests.support import sparkplug_encoder as enc
 from tests.unit.core_fixtures import MAPPINGS, plan_from
