@@ -178,6 +178,7 @@ class Ingest:
         arrive = delivery.arrive
         stats = self.stats
         feed = self.local_feed
+        local_topics = self.local_topics
         for message in messages:
             topic = message.topic
             outcome = process(
@@ -206,7 +207,9 @@ class Ingest:
                         self._internal_error(outcome.error, topic, mapping)
             records = outcome.records
             if feed is not None:
-                self._feed_local(feed, records)
+                for record in records:
+                    if record.topic in local_topics:
+                        feed(record.value)
             pending = PendingMessage(
                 self, generation, message.mid if message.qos else None, started if records else None
             )
@@ -222,12 +225,6 @@ class Ingest:
         sparkplug = self.normalizer.sparkplug
         if sparkplug is not None:
             self._sparkplug_after_batch(sparkplug)
-
-    def _feed_local(self, feed: Callable[[bytes], None], records: list[Outgoing]) -> None:
-        topics = self.local_topics
-        for record in records:
-            if record.topic in topics:
-                feed(record.value)
 
     def _sparkplug_after_batch(self, sparkplug: SparkplugMapper) -> None:
         """Publish the rebirth requests the batch asked for, log its seq gaps
