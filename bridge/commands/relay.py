@@ -23,11 +23,10 @@ import trio
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from bridge.core.coerce import InputRejected
-from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight
+from bridge.core.command_offsets import CommandOffsets, Commit, InFlight, ProduceDeadLetter
 from bridge.core.command_plan import CommandPlan
 from bridge.core.normalize import Now, payload_text
-from bridge.core.records import DeadLetter as DeadLetter_
-from bridge.core.records import Outgoing
+from bridge.core.records import DeadLetter, Outgoing
 from bridge.core.settings import KafkaSettings
 from bridge.io.kafka_config import command_consumer_config
 from bridge.io.kafka_logs import librdkafka_logger
@@ -48,7 +47,7 @@ class _DeadLetterReport:
 
     __slots__ = ("action", "forwarder")
 
-    def __init__(self, forwarder: CommandForwarder, action: DeadLetter) -> None:
+    def __init__(self, forwarder: CommandForwarder, action: ProduceDeadLetter) -> None:
         self.forwarder = forwarder
         self.action = action
 
@@ -139,7 +138,7 @@ class CommandForwarder:
         raw_headers: list[tuple[str, Any]] = message.headers() or []  # type: ignore[assignment]
         headers = [(k, v if isinstance(v, bytes) else (v or "").encode()) for k, v in raw_headers]
         action = self.offsets.consumed(topic, partition, offset, message.value(), headers)
-        if isinstance(action, DeadLetter):
+        if isinstance(action, ProduceDeadLetter):
             self.dead_letters += 1
             self._dead_log(reason=action.refusal.reason, detail=action.refusal.detail)
             self._letters[action.record] = self._letter(message, topic, action.refusal)
@@ -158,7 +157,7 @@ class CommandForwarder:
 
     def _letter(self, message: Message, topic: str, refusal: InputRejected) -> Outgoing:
         text, encoding = payload_text(message.value() or b"")
-        letter = DeadLetter_(
+        letter = DeadLetter(
             reason=refusal.reason,
             detail=refusal.detail,
             mqtt_topic=self.plan.mapping.mqtt_topic,
@@ -174,14 +173,14 @@ class CommandForwarder:
             [("reason", refusal.reason.encode()), ("kafka_topic", topic.encode())],
         )
 
-    def _produce_dead_letter(self, action: DeadLetter) -> None:
+    def _produce_dead_letter(self, action: ProduceDeadLetter) -> None:
         record = self._letters.get(action.record)
         if record is not None and not self.producer.produce(
             record, _DeadLetterReport(self, action)
         ):
             self.offsets.dead_letter_not_taken(action)
 
-    def dead_letter_reported(self, action: DeadLetter, error: Any) -> None:
+    def dead_letter_reported(self, action: ProduceDeadLetter, error: Any) -> None:
         """A dead letter's delivery report (trio side)."""
         if error is None:
             self._letters.pop(action.record, None)

@@ -11,7 +11,7 @@ thread or a clock (the style of h11: events in, actions out).  The adapter
 feeds it what happened:
 
 - :meth:`CommandOffsets.consumed`: a record was consumed; the answer is the
-  action to take for it, :class:`Publish` or :class:`DeadLetter` (decided by
+  action to take for it, :class:`Publish` or :class:`ProduceDeadLetter` (decided by
   the pure :class:`bridge.core.command_plan.CommandPlan`);
 - :meth:`CommandOffsets.acknowledged`: the broker acknowledged a publish, or
   Kafka a dead letter (in any order: PUBACKs of QoS 1 publishes may come
@@ -35,8 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bridge.core.coerce import InputRejected
-from bridge.core.command_plan import CommandPlan
-from bridge.core.command_plan import Publish as Resolved
+from bridge.core.command_plan import CommandMessage, CommandPlan
 from bridge.core.normalize import INTERNAL_ERROR
 
 
@@ -58,11 +57,11 @@ class Publish:
     """Action: publish ``message`` to MQTT, then report :meth:`CommandOffsets.acknowledged`."""
 
     record: InFlight
-    message: Resolved
+    message: CommandMessage
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class ProduceDeadLetter:
     """Action: produce a dead letter for ``record`` to Kafka, then report how it went."""
 
     record: InFlight
@@ -84,7 +83,7 @@ class CommandOffsets:
     def __init__(self, plan: CommandPlan) -> None:
         self.plan = plan
         self._pending: dict[tuple[str, int], deque[InFlight]] = {}
-        self._unsent: list[DeadLetter] = []
+        self._unsent: list[ProduceDeadLetter] = []
         self._closed = False
 
     def consumed(
@@ -94,7 +93,7 @@ class CommandOffsets:
         offset: int,
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None,
-    ) -> Publish | DeadLetter | None:
+    ) -> Publish | ProduceDeadLetter | None:
         """A record arrived: what to do with it (None after shutdown: it is
         consumed again by the next run)."""
         if self._closed:
@@ -104,30 +103,30 @@ class CommandOffsets:
         try:
             return Publish(record, self.plan.resolve(value, headers))
         except InputRejected as refusal:
-            return DeadLetter(record, refusal)
+            return ProduceDeadLetter(record, refusal)
         except Exception as exc:
             # The crash barrier: a record the bridge fails on (a bug) is set
             # aside like any refused one, so its offset can be committed; ended
             # here, the daemon would fail on it again after every restart.
             detail = f"{type(exc).__name__}: the bridge failed on this record ({str(exc)[:200]!r})"
-            return DeadLetter(record, InputRejected(INTERNAL_ERROR, detail))
+            return ProduceDeadLetter(record, InputRejected(INTERNAL_ERROR, detail))
 
     def acknowledged(self, record: InFlight) -> None:
         """Its publish was acknowledged by the broker, or its dead letter by Kafka."""
         record.done = True
 
-    def dead_letter_failed(self, action: DeadLetter) -> DeadLetter | None:
+    def dead_letter_failed(self, action: ProduceDeadLetter) -> ProduceDeadLetter | None:
         """Kafka gave up on the dead letter: make it again (its offset waits)."""
         if self._closed or not self._tracked(action.record):
             return None
         return action
 
-    def dead_letter_not_taken(self, action: DeadLetter) -> None:
+    def dead_letter_not_taken(self, action: ProduceDeadLetter) -> None:
         """The producer's queue was full: try again with :meth:`retries`."""
         if not self._closed and self._tracked(action.record):
             self._unsent.append(action)
 
-    def retries(self) -> list[DeadLetter]:
+    def retries(self) -> list[ProduceDeadLetter]:
         """Dead letters to produce again now (before each consume batch)."""
         unsent, self._unsent = self._unsent, []
         return [action for action in unsent if self._tracked(action.record)]

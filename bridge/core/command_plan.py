@@ -26,7 +26,7 @@ MAX_PROPERTY_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
-class Publish:
+class CommandMessage:
     """What to send to the MQTT broker for one record."""
 
     topic: str
@@ -51,7 +51,9 @@ class CommandPlan:
     def needs_json(self) -> bool:
         return self.payload_path is not None or any(p is not None for _, _, p in self.sources)
 
-    def resolve(self, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> Publish:
+    def resolve(
+        self, value: bytes | None, headers: list[tuple[str, bytes]] | None
+    ) -> CommandMessage:
         """The publish for one record, or raise InputRejected."""
         header_map = {k: v for k, v in headers or ()}
         doc: Any = MISSING
@@ -96,7 +98,7 @@ class CommandPlan:
                 if budget < 0:
                     break
                 properties.append((name, text))
-        return Publish(self.topic.render(values), payload, properties)
+        return CommandMessage(self.topic.render(values), payload, properties)
 
     def _json(self, value: bytes | None) -> Any:
         raw = value or b""

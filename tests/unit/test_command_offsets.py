@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.core.coerce import InputRejected
-from bridge.core.command_offsets import CommandOffsets, Commit, DeadLetter, InFlight, Publish
+from bridge.core.command_offsets import CommandOffsets, Commit, InFlight, ProduceDeadLetter, Publish
 from bridge.core.command_plan import CommandPlan, compile_command
 from bridge.core.settings import CommandMapping
 
@@ -36,7 +36,7 @@ def test_a_good_record_is_published_a_bad_one_dead_lettered() -> None:
     assert isinstance(publish, Publish)
     assert publish.message.topic == "tenant/t1/device/d1/command"
     dead = consume(machine, 1, BAD)
-    assert isinstance(dead, DeadLetter)
+    assert isinstance(dead, ProduceDeadLetter)
     assert dead.refusal.reason == "invalid_json"
 
 
@@ -165,7 +165,7 @@ def test_random_interleavings_never_commit_past_an_unacknowledged_record(
             record = sent[n % len(sent)]
             if id(record) not in acked:
                 machine.dead_letter_not_taken(
-                    DeadLetter(record, InputRejected("invalid_json", "test"))
+                    ProduceDeadLetter(record, InputRejected("invalid_json", "test"))
                 )
         elif kind == "revoke":
             machine.revoked([("cmd", n)])
@@ -191,7 +191,7 @@ def test_a_record_nested_too_deep_is_a_dead_letter_not_a_crash() -> None:
     committed)."""
     deep = b'{"tenant": "t1", "device": "d1", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}"
     dead = consume(offsets(), 0, deep)
-    assert isinstance(dead, DeadLetter)
+    assert isinstance(dead, ProduceDeadLetter)
     assert dead.refusal.reason == "too_deep"
     at_the_limit = b'{"tenant": "t1", "device": "d1", "x": ' + b"[" * 63 + b"]" * 63 + b"}"
     assert isinstance(consume(offsets(), 0, at_the_limit), Publish)
@@ -206,7 +206,7 @@ def test_a_record_the_bridge_fails_on_is_an_internal_error_dead_letter() -> None
     assert plan is not None
     machine = CommandOffsets(Buggy(**vars(plan)))
     dead = consume(machine, 0)
-    assert isinstance(dead, DeadLetter)
+    assert isinstance(dead, ProduceDeadLetter)
     assert dead.refusal.reason == "internal_error"
     assert dead.refusal.detail.startswith("ZeroDivisionError: the bridge failed on this record")
     machine.acknowledged(dead.record)  # its dead letter is in Kafka: the offset moves on
