@@ -1,4 +1,4 @@
-"""The layout's rules, checked on the source (docs/architecture.md, "The layers").
+"""The layout's rules, checked on the source (docs/architecture.md, "The layout").
 
 The core is pure: a module under ``bridge/core`` imports nothing of the bridge
 outside ``bridge/core`` (the settings schema included, the config loader not)
