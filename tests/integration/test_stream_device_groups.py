@@ -123,9 +123,15 @@ def test_sse_resumes_in_the_endpoints_envelope(setup: BridgeSetup) -> None:
             publish(setup, "t1", "P1", {"flow": 1, "pressure": 9})
             ((cursor, first),) = sse_events(response, 1)
         assert first["metrics"] == {"flow": 1}
-        for n in (2, 3):
-            publish(setup, "t1", "P1", {"flow": n, "pressure": 9})
-            publish(setup, "t1", "P2", {"flow": n})
+        # A second client stays while the first is away: once it has seen the
+        # two records, the live stream has passed them, so the first client's
+        # resume must replay them from Kafka (otherwise they could reach it
+        # live and the replay, the thing tested, would have nothing to do).
+        with httpx.stream("GET", url, timeout=20) as watcher:
+            for n in (2, 3):
+                publish(setup, "t1", "P1", {"flow": n, "pressure": 9})
+                publish(setup, "t1", "P2", {"flow": n})
+            assert [e["metrics"] for _, e in sse_events(watcher, 2)] == [{"flow": 2}, {"flow": 3}]
         mark = bridge.mark()
         with httpx.stream("GET", url, headers={"Last-Event-ID": cursor}, timeout=20) as response:
             missed = sse_events(response, 2)
