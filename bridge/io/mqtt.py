@@ -125,7 +125,9 @@ class MqttClient:
         self._inbox: list[InboundMessage] = []
         self._framer = self._new_framer()
         self._sock: socket.socket | None = None
-        self._splice: PahoSplice | None = None  # the connection's; our PUBACKs and PINGREQs
+        self._splice: PahoSplice | None = None  # the connection's
+        # Our PUBACKs and PINGREQs not written yet: the splice writes from it.
+        self._acks = bytearray()
         self._connack: trio.Event | None = None
         self._connect_error: str | None = None
         self._session_present = False
@@ -227,8 +229,8 @@ class MqttClient:
     def ack(self, generation: int, mid: int) -> None:
         """Acknowledge a QoS 1 message of connection ``generation`` (sent by the
         next :meth:`flush_writes`)."""
-        if generation == self.generation and self.connected and self._splice is not None:
-            self._splice.queue(puback(mid))
+        if generation == self.generation and self.connected:
+            self._acks += puback(mid)
 
     def flush_writes(self) -> None:
         """Send the queued acknowledgements and whatever paho has queued (pings,
@@ -414,7 +416,8 @@ class MqttClient:
         if not isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
             raise ConnectionLost(f"cannot connect to {self.address}: no socket")
         self._sock = sock
-        self._splice = PahoSplice(self._client, sock)
+        self._acks = bytearray()
+        self._splice = PahoSplice(self._client, sock, self._acks)
         self._framer = self._new_framer()
         self._keepalive = Keepalive(self.settings.keepalive_s, time.monotonic())
         self._inbox = []
@@ -536,9 +539,9 @@ class MqttClient:
             raise ConnectionLost(
                 f"keepalive timed out: nothing received for {keepalive.silent_for(now):.1f} s"
             )
-        if keepalive.ping_due(now) and self._splice is not None:
+        if keepalive.ping_due(now):
             keepalive.pinged(now)
-            self._splice.queue(PINGREQ)
+            self._acks += PINGREQ
 
 
 async def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:

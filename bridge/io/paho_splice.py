@@ -25,9 +25,10 @@ a batch in one ``send()``.  Both directions share paho's socket, and
   (``on_socket_register_write``), which stops paho from writing when a packet
   is queued.
 
-tests/unit/test_paho_splice.py runs a real paho client through a loopback
-connection whose buffers are a few kilobytes, and checks that every byte the
-broker side reads is a whole packet, in the order each side queued them.
+tests/unit/test_paho_splice.py runs the real paho client through a loopback
+connection whose ``send()`` takes a random part of what it is offered, and
+checks that the broker side reads whole packets only, each side's in the order
+it queued them.
 """
 
 from __future__ import annotations
@@ -66,16 +67,22 @@ class _PahoSocket:
 
 class PahoSplice:
     """The splice on one connection: made once paho has connected its socket,
-    dropped with the connection (what is still queued belongs to it)."""
+    dropped with the connection (what is still queued belongs to it).
 
-    def __init__(self, client: paho.Client, sock: socket.socket) -> None:
+    ``ours`` is the caller's queue of its own packets (PUBACKs, PINGREQs): the
+    caller appends to it, :meth:`flush` writes from it.  A bytearray shared
+    rather than a method to call: a PUBACK is queued for every QoS 1 message,
+    and the acknowledgement path costs what it did before the splice
+    (callgrind, docs/benchmarks.md)."""
+
+    def __init__(self, client: paho.Client, sock: socket.socket, ours: bytearray) -> None:
         if client.on_socket_register_write is None:
             raise ValueError("paho writes by itself without a write hook: see the module doc")
         self.sock = sock
         self._client = client
         self._paho_sock = _PahoSocket(sock)
         client._sock = self._paho_sock
-        self._ours = bytearray()  # our packets not written yet
+        self._ours = ours
         self._ours_started = False  # part of _ours is on the wire: finish before paho writes
 
     def to_paho(self, packets: bytes) -> None:
@@ -87,10 +94,6 @@ class PahoSplice:
             rc = _paho_read(client)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise PahoReadFailed(f"read failed: {paho.error_string(rc)}")
-
-    def queue(self, packet: bytes) -> None:
-        """One of our packets (a PUBACK, a PINGREQ), written by the next flush."""
-        self._ours += packet
 
     @property
     def writes_pending(self) -> bool:

@@ -162,7 +162,8 @@ def test_our_acks_and_paho_packets_reach_the_wire_whole_and_in_order(
     mqtt, broker = connected
     client = mqtt._client
     rng = random.Random(seed)
-    splice = PahoSplice(client, _Choking(mqtt._client.socket(), rng))  # type: ignore[arg-type]
+    queued = bytearray()  # our packets, as MqttClient queues them
+    splice = PahoSplice(client, _Choking(mqtt._client.socket(), rng), queued)  # type: ignore[arg-type]
     splice.to_paho(b"\x20\x03\x00\x00\x00")  # CONNACK: paho may publish now
     ours: list[Packet] = []
     theirs: list[Packet] = []
@@ -176,10 +177,10 @@ def test_our_acks_and_paho_packets_reach_the_wire_whole_and_in_order(
         acks_heavy = round_ // 20 % 2
         for _ in range(rng.choice([200, 3000] if acks_heavy else [0, 10, 50])):
             mid = mid % 65_535 + 1
-            splice.queue(puback(mid))
+            queued += puback(mid)
             ours.append(("PUBACK", mid))
         if rng.random() < 0.15:
-            splice.queue(PINGREQ)
+            queued += PINGREQ
             ours.append(("PINGREQ",))
         if rng.random() < (0.1 if acks_heavy else 0.6):
             topic, payload = f"cmd/D{rng.randrange(100)}", rng.randbytes(rng.randrange(1, 20_000))
@@ -201,7 +202,7 @@ def test_our_acks_and_paho_packets_reach_the_wire_whole_and_in_order(
         # (private state, read only to prove the test reached those cases).
         if splice._ours_started and client.want_write():
             ours_cut += 1
-        if client.want_write() and client._out_packet[0]["pos"] and splice._ours:
+        if client.want_write() and client._out_packet[0]["pos"] and queued:
             paho_cut += 1
         wire += _read_some(broker, rng.choice([0, 2000, 64_000]))
     for _ in range(100_000):
@@ -240,7 +241,7 @@ def test_paho_reads_only_what_it_is_given(connected: tuple[MqttClient, socket.so
     """Bytes on the socket are the fast lane's: paho, asked to read, finds
     nothing until packets are passed on to it."""
     mqtt, broker = connected
-    splice = PahoSplice(mqtt._client, mqtt._client.socket())  # type: ignore[arg-type]
+    splice = PahoSplice(mqtt._client, mqtt._client.socket(), bytearray())  # type: ignore[arg-type]
     broker.sendall(b"\x20\x03\x00\x00\x00")
     assert mqtt._client.loop_read() == 0 and not mqtt._client.is_connected()
     splice.to_paho(b"\x20\x03\x00\x00\x00")
@@ -253,4 +254,4 @@ def test_a_paho_client_that_writes_by_itself_is_refused() -> None:
     client.on_socket_register_write = None
     left, right = socket.socketpair()
     with left, right, pytest.raises(ValueError, match="write hook"):
-        PahoSplice(client, left)
+        PahoSplice(client, left, bytearray())
