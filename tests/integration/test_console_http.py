@@ -184,6 +184,10 @@ def test_readyz_says_stalled_when_spooled_records_stop_moving(setup: BridgeSetup
     env = {"EDGE_BRIDGE_JWT_SECRET": SECRET}
     with BridgeProcess(config, args=args, env=env) as bridge:
         bridge.wait_for_event("spool.active", timeout=30)
+        # Subscribed: the spool can become active before MQTT is (Kafka is
+        # known to be down first), and a message published before the
+        # subscription exists is not delivered to the bridge at all.
+        bridge.wait_for_event("bridge.ready", timeout=30)
         publish_many(setup.mosquitto.url, [("tenant/t1/device/D1/telemetry", GOOD, 1)] * 3)
         _, _, body = wait_until(
             lambda: (r := request(port, "/readyz"))[0] == 503 and b"oldest spooled" in r[2] and r,
