@@ -5,7 +5,7 @@ Events in, actions out, no I/O (the style of h11 and wsproto): the adapters
 feed :class:`Delivery` what happened (a message arrived, Kafka delivered or
 failed a record, the producer's queue was full, the spool synced records, the
 spool or Kafka changed state, the MQTT session was lost, shutdown began) and
-carry out the actions it returns (:class:`Produce`, :class:`Spool`,
+carry out the actions it returns (:class:`Produce`, :class:`ToSpool`,
 :class:`Settled` with or without an acknowledgement, :class:`Dropped`,
 :class:`SpoolActive`, :class:`SpoolDrained`, :class:`SpoolBypassed`).
 
@@ -120,7 +120,7 @@ class Produce(Generic[R]):
 
 
 @dataclass(slots=True)
-class Spool(Generic[R]):
+class ToSpool(Generic[R]):
     """Queue the record for the spool's next grouped append and sync."""
 
     item: Tracked[R]
@@ -163,7 +163,7 @@ class SpoolBypassed:
     records: int
 
 
-Action = Produce[R] | Spool[R] | Dropped[R] | Settled | SpoolActive | SpoolDrained | SpoolBypassed
+Action = Produce[R] | ToSpool[R] | Dropped[R] | Settled | SpoolActive | SpoolDrained | SpoolBypassed
 
 QUEUE_FULL_HINT = "Kafka is slower than the QoS 0 inflow or down; use QoS 1"
 SPOOL_REFUSING_HINT = "the spool is full or unavailable; use QoS 1 to have the broker hold them"
@@ -478,7 +478,7 @@ class Delivery(Generic[R]):
             return
         item.state = SPOOLING
         self._spooling[item] = None
-        out.append(Spool(item))
+        out.append(ToSpool(item))
 
     def _activate(self, reason: str, out: list[Action[R]]) -> None:
         if self.spool_enabled and not self.active and not self.unavailable:

@@ -39,10 +39,10 @@ from bridge.core.delivery import (
     Message,
     Produce,
     Settled,
-    Spool,
     SpoolActive,
     SpoolBypassed,
     SpoolDrained,
+    ToSpool,
     Tracked,
 )
 from bridge.core.mqtt_codec import InboundMessage
@@ -270,7 +270,7 @@ class Ingest:
                     delivery.retry_refused(item)
                     return
                 self.carry_out(delivery.not_taken(item))
-            elif isinstance(action, Spool):
+            elif isinstance(action, ToSpool):
                 assert self.spool is not None, "the machine spools only with a spool"
                 self.spool.put(action.item.record, action.item)
                 self.stats.spooled += 1

@@ -33,11 +33,11 @@ from bridge.core.delivery import (
     Message,
     Produce,
     Settled,
-    Spool,
     SpoolActive,
     SpoolBypassed,
     SpoolDrained,
     State,
+    ToSpool,
     Tracked,
 )
 
@@ -49,7 +49,7 @@ def produced(actions: Actions) -> list[Tracked[str]]:
 
 
 def spooled(actions: Actions) -> list[Tracked[str]]:
-    return [a.item for a in actions if isinstance(a, Spool)]
+    return [a.item for a in actions if isinstance(a, ToSpool)]
 
 
 def settled(actions: Actions) -> list[Settled]:
@@ -105,7 +105,7 @@ def test_one_record_in_kafka_one_in_the_spool() -> None:
     a, b = produced(d.arrived(1, 5, 1, ["clean", "raw"]))
     assert d.delivered(a) == []
     out = d.failed(b)
-    assert out == [SpoolActive("Kafka delivery failed"), Spool(b)]
+    assert out == [SpoolActive("Kafka delivery failed"), ToSpool(b)]
     assert acks(d.synced([b])) == [(1, 5)]
 
 
@@ -145,7 +145,7 @@ def test_kafka_back_mid_drain_keeps_the_spool_until_it_is_empty() -> None:
 def test_a_full_producer_queue_sends_records_to_the_spool() -> None:
     d: Delivery[str] = Delivery(spool=True)
     [item] = produced(d.arrived(1, 1, 0, ["clean"]))
-    assert d.not_taken(item) == [SpoolActive("the Kafka producer queue is full"), Spool(item)]
+    assert d.not_taken(item) == [SpoolActive("the Kafka producer queue is full"), ToSpool(item)]
     assert spooled(d.arrived(1, 2, 1, ["clean"]))
 
 
@@ -274,7 +274,7 @@ def test_shutdown_with_records_in_every_state_and_a_spool() -> None:
     assert d.arrived(1, 5, 1, ["e"]) == []  # not taken: the broker delivers it again
     assert d.pending == 3
     # The flush deadline passed: the purge fails what Kafka did not confirm.
-    assert d.failed(failing) == [Spool(failing)]
+    assert d.failed(failing) == [ToSpool(failing)]
     assert acks(d.delivered(delivering)) == [(1, 1)]
     assert acks(d.synced([writing, failing])) == [(1, 4), (1, 2)]
     assert d.reports_done() == [] and d.pending == 0
@@ -323,7 +323,7 @@ def test_sigterm_with_kafka_down_and_the_spool_full_leaves_qos1_unacknowledged()
     d.kafka_unreachable()
     d.spool_full()
     d.shutdown()
-    assert d.failed(q1) == [Spool(q1)]  # waits for room that does not come
+    assert d.failed(q1) == [ToSpool(q1)]  # waits for room that does not come
     assert [type(x) for x in d.failed(q0)] == [Dropped, Settled]
     assert d.pending == 1  # never acknowledged: the broker delivers it to the next run
 
@@ -361,7 +361,7 @@ def test_a_direct_record_refused_takes_the_ones_after_it_along() -> None:
     message = Message(1, 8)
     assert spool.arrive(message, ["clean", "raw"]) is None
     out = spool.not_taken_direct(message, ["clean", "raw"])
-    assert [a.item.record for a in out if isinstance(a, Spool)] == ["clean", "raw"]
+    assert [a.item.record for a in out if isinstance(a, ToSpool)] == ["clean", "raw"]
 
 
 def test_a_direct_message_of_a_lost_session_is_not_acknowledged() -> None:

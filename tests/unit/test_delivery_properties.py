@@ -79,7 +79,7 @@ class Adapter:
                 self.produce(action.item.record)
                 self.in_kafka.append(action.item)
                 self.seen.append(action.item)
-            elif isinstance(action, core.Spool):
+            elif isinstance(action, core.ToSpool):
                 assert self.spool
                 self.to_write.append(action.item)
                 self.seen.append(action.item)
