@@ -100,6 +100,31 @@ async def _wants_embedded(config: Config) -> bool:
     return not await port_answers(address.host, address.port)
 
 
+class _ToIngest:
+    """The producer's :class:`ProducerListener`: forwards to the ingest path
+    once it exists.
+
+    The producer and ingest each need the other, and the producer comes first:
+    ingest is built with it, once the stream and the console it feeds exist,
+    while the producer is built with the daemon and already running (health,
+    metrics, the command forwarders and the spool use it too).  Like
+    the MQTT client's handlers (:meth:`Daemon._on_batch`), this reaches ingest
+    through the daemon: until ingest exists there is nothing to tell, and
+    ingest is told the producer's state when it is built.
+    """
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    def after_reports(self) -> None:
+        if self._daemon.ingest is not None:
+            self._daemon.ingest.after_reports()
+
+    def kafka_state(self, state: str) -> None:
+        if self._daemon.ingest is not None:
+            self._daemon.ingest.kafka_state(state)
+
+
 class Daemon:
     """Holds the running parts so signal handlers and endpoints can reach them."""
 
@@ -116,7 +141,11 @@ class Daemon:
         state_directory = state_dir(config, dict(os.environ))
         self.sparkplug = StateSaver(load_state(state_directory), state_directory)
         self.normalizer = Normalizer(runtime.plan, sparkplug_state=self.sparkplug.state)
-        self.producer = KafkaProducer(config.kafka, client_id=f"edge-bridge-{socket.gethostname()}")
+        self.producer = KafkaProducer(
+            config.kafka,
+            client_id=f"edge-bridge-{socket.gethostname()}",
+            listener=_ToIngest(self),
+        )
         # A [kafka] setting: like the producer's own, it changes at a restart only.
         self.shutdown_flush_s = config.kafka.shutdown_flush_s
         # Built in _run, once what it feeds exists (the stream, the console).
@@ -151,8 +180,8 @@ class Daemon:
             self.runtime.mqtt_tls,
             max_payload_bytes=self.config.limits.max_payload_bytes,
             on_session_lost=self._on_session_lost,
+            backlog=self._backlog,
         )
-        client.backlog = self._backlog
         return client
 
     # The MQTT client and ingest each need the other: the client is built
@@ -234,7 +263,8 @@ class Daemon:
     async def _start_ingest(self, nursery: trio.Nursery, mqtt: MqttClient) -> None:
         """Open the spool, build the ingest path with everything it feeds and
         the spool with the ingest path it reports to, start the spool's tasks,
-        and tell the ingest path the producer's state, now and from now on."""
+        and tell the ingest path the producer's state (from now on the
+        producer's listener, :class:`_ToIngest`, does)."""
         settings = self.config.spool
         intake: SpoolIntake[Tracked[Outgoing]] | None = None
         if settings.enabled:
@@ -271,9 +301,7 @@ class Daemon:
                 unavailable=unavailable,
             )
             nursery.start_soon(self.forwarder.run)
-        self.producer.after_reports = ingest.after_reports
-        self.producer.on_state = ingest.kafka_state
-        ingest.kafka_state(self.producer.state)  # it may have changed before the hook
+        ingest.kafka_state(self.producer.state)  # it may have changed before ingest existed
 
     async def _start_stream(self, nursery: trio.Nursery) -> None:
         try:

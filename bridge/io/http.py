@@ -231,12 +231,12 @@ class Router:
     (GET by default), 405 to the others.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, preflight: HttpHandler | None = None) -> None:
         self._http: dict[str, HttpHandler] = {}
         self._methods: dict[str, tuple[str, ...]] = {}
         self._websocket: dict[str, WebSocketHandler] = {}
         #: Answers ``OPTIONS`` (CORS preflight) on every HTTP route when set.
-        self.preflight: HttpHandler | None = None
+        self.preflight = preflight
 
     def add(self, path: str, handler: HttpHandler, methods: tuple[str, ...] = ("GET",)) -> None:
         key = _normalise(path)

@@ -58,18 +58,33 @@ class DeliveryWaiter(Protocol):
     def delivered(self, error: confluent_kafka.KafkaError | None, message: Any) -> None: ...
 
 
+class ProducerListener(Protocol):
+    """Whoever follows the producer as a whole (the ingest path), on the trio side."""
+
+    def after_reports(self) -> None:
+        """A batch of delivery reports was handed to the waiters (the ingest
+        path sends its MQTT acknowledgements now, in one write)."""
+
+    def kafka_state(self, state: str) -> None:
+        """Kafka is now ``up`` or ``down`` (the spool takes over or drains)."""
+
+
 class KafkaProducer:
     """Produces :class:`Outgoing` records and reports each delivery to its waiter."""
 
-    def __init__(self, settings: KafkaSettings, client_id: str = "edge-bridge") -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        client_id: str = "edge-bridge",
+        *,
+        listener: ProducerListener | None = None,
+    ) -> None:
         self._reports: list[tuple[DeliveryWaiter, Any, Any]] = []
         self._last_waiter: DeliveryWaiter | None = None
         self._last_callback: Callable[[Any, Any], None] | None = None
         self._state = "connecting"
-        self.on_state: Callable[[str], None] | None = None
-        # Called on the trio side after each batch of delivery reports (the ingest
-        # path sends its MQTT acknowledgements then, in one write).
-        self.after_reports: Callable[[], None] | None = None
+        # None where nothing follows the producer as a whole (tests, bench tools).
+        self._listener = listener
         self._conf = producer_config(settings, client_id)
         self._conf["error_cb"] = self._on_error
         self._conf["logger"] = librdkafka_logger("producer")
@@ -166,15 +181,15 @@ class KafkaProducer:
             if error is not None and error.code() in _PERMANENT:
                 self._broken = str(error)
             waiter.delivered(error, message)
-        if self.after_reports is not None:
-            self.after_reports()
+        if self._listener is not None:
+            self._listener.after_reports()
 
     def _set_state(self, state: str) -> None:
         if state != self._state:
             self._state = state
             log.info("kafka.state", state=state, bootstrap=self.bootstrap)
-            if self.on_state is not None:
-                self.on_state(state)
+            if self._listener is not None:
+                self._listener.kafka_state(state)
 
     async def run(self, *, poll_timeout_s: float = 0.05) -> None:
         """Serve delivery reports until cancelled; while Kafka is not known to
@@ -202,8 +217,8 @@ class KafkaProducer:
                         error=str(getattr(self, "_last_error", "")),
                         hint="records go to the disk spool meanwhile; check the broker address",
                     )
-                    if self.on_state is not None:
-                        self.on_state("down")  # the spool takes over now
+                    if self._listener is not None:
+                        self._listener.kafka_state("down")  # the spool takes over now
                 last_seen = self._state
             self._settle()
 

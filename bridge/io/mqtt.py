@@ -100,6 +100,7 @@ class MqttClient:
         *,
         max_payload_bytes: int = 65_536,
         on_session_lost: Callable[[int], None] | None = None,
+        backlog: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
         # Bounds what the framer buffers of one packet (limits.max_payload_bytes).
@@ -117,10 +118,11 @@ class MqttClient:
         self.connected = False
         self.reconnects = 0
         self.paused = False
-        #: Messages handed on and not yet acknowledged (the ingest's count).
-        #: While it is at ``receive_maximum`` nothing more is read: see
-        #: :meth:`_backlog_full`.
-        self.backlog: Callable[[], int] | None = None
+        # Messages handed on and not yet acknowledged (the ingest's count).
+        # While it is at ``receive_maximum`` nothing more is read: see
+        # :meth:`_backlog_full`.  None: no bound (a client that acknowledges
+        # in on_batch itself).
+        self._backlog = backlog
         self._holding = False
         self._inbox: list[InboundMessage] = []
         self._framer = self._new_framer()
@@ -525,7 +527,7 @@ class MqttClient:
         the broker does (bridge.memory_budget), and the broker keeps the rest,
         as its queue is for.  At MQTT 3.1.1 and QoS 0, which have no such
         limit, this is the only one."""
-        backlog = self.backlog
+        backlog = self._backlog
         return backlog is not None and backlog() + unread >= self.settings.receive_maximum
 
     def _keep_alive(self) -> None:

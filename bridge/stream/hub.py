@@ -298,7 +298,7 @@ class TooManyConnections(Exception):
 class Hub:
     """Clients by tenant, the stream position, and the dispatch of records."""
 
-    def __init__(self, *, max_per_tenant: int) -> None:
+    def __init__(self, *, max_per_tenant: int, local_fallback: bool = True) -> None:
         self.max_per_tenant = max_per_tenant
         self.positions: Positions = {}
         self._by_tenant: dict[str, set[Client]] = {}
@@ -307,7 +307,7 @@ class Hub:
         #: Whether Kafka feeds the stream now; while not, local records do.
         self.kafka_feeding = False
         #: Whether records fed locally are dispatched when Kafka is not feeding.
-        self.local_fallback = True
+        self.local_fallback = local_fallback
         # Edge-local records delivered and not yet seen again from Kafka: by
         # sequence number, oldest first (to bound them), and by value.
         self._local_seq = 0
@@ -513,11 +513,11 @@ class EndpointHub(Hub):
         envelope: EnvelopeRules,
         groups_of: Mapping[tuple[str, str], frozenset[str]],
     ) -> None:
-        super().__init__(max_per_tenant=max_per_tenant)
+        # An endpoint shows its own source's records only, never local ones.
+        super().__init__(max_per_tenant=max_per_tenant, local_fallback=False)
         self.reader = reader
         self.envelope = envelope
         self.groups_of = groups_of
-        self.local_fallback = False
         self.wants_headers = isinstance(reader, MappingReader)
 
     def register(self, client: Client) -> None:

@@ -136,15 +136,17 @@ class StreamService:
         self.kafka = config.kafka
         self.auth = auth or Authenticator(config.auth)
         self.auth.log_warnings(keys_needed=keys_needed(config))
-        self.hub = Hub(max_per_tenant=config.stream.max_per_tenant)
-        self.hub.local_fallback = config.stream.source != "kafka" and not endpoints
+        self.hub = Hub(
+            max_per_tenant=config.stream.max_per_tenant,
+            local_fallback=config.stream.source != "kafka" and not endpoints,
+        )
         self.source = (
             KafkaSource(config.kafka, config.stream, self.hub)
             if config.stream.source != "local" and not endpoints
             else None
         )
         self.addresses = addresses
-        self.router = Router()
+        self.router = Router(preflight=self.preflight)
         self.replay_slots = trio.Semaphore(max(1, config.stream.replay_concurrency))
         #: (tenant, device) -> its groups; updated in place on reload, so open
         #: connections follow the registry.
@@ -393,7 +395,6 @@ async def run_stream(
     for endpoint in service.endpoints:
         _mount(router, endpoint)
     router.add(STATUS_PATH, service.status_endpoint)
-    router.preflight = service.preflight
     for path, handler in (extra_routes or {}).items():
         router.add(path, handler)
     async with trio.open_nursery() as nursery:

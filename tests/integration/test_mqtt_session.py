@@ -12,6 +12,7 @@ test is the real one, paho included.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -125,7 +126,12 @@ class ScriptedBroker:
         self.closed_by_client_at = time.monotonic()
 
 
-def _client(port: int, received: list[InboundMessage], receive_maximum: int = 1000) -> MqttClient:
+def _client(
+    port: int,
+    received: list[InboundMessage],
+    receive_maximum: int = 1000,
+    backlog: Callable[[], int] | None = None,
+) -> MqttClient:
     settings = MqttSettings(
         url=f"mqtt://127.0.0.1:{port}",
         client_id="session-test",
@@ -141,7 +147,7 @@ def _client(port: int, received: list[InboundMessage], receive_maximum: int = 10
             client.ack(generation, message.mid)
         client.flush_writes()
 
-    client = MqttClient(settings, [(FILTER, 1)], on_batch)
+    client = MqttClient(settings, [(FILTER, 1)], on_batch, backlog=backlog)
     return client
 
 
@@ -186,9 +192,8 @@ async def test_a_full_backlog_stops_reading_until_acknowledgements_make_room() -
 
     async with trio.open_nursery() as nursery:
         await nursery.start(broker.serve)
-        client = _client(broker.port, received, receive_maximum=100)
+        client = _client(broker.port, received, receive_maximum=100, backlog=lambda: len(held))
         client.on_batch = on_batch
-        client.backlog = lambda: len(held)
         with trio.fail_after(5):
             await nursery.start(client.run)
         # Held until the keepalive would have given the connection up, had
@@ -206,9 +211,9 @@ async def test_a_full_backlog_stops_reading_until_acknowledgements_make_room() -
                 client.ack(generation, message.mid)
 
         client.on_batch = ack_at_once
-        client.backlog = None
         for generation, mid in held:
             client.ack(generation, mid)
+        held.clear()  # nothing is held any more: the backlog no longer bounds reading
         with trio.fail_after(20):
             while not broker.done or broker.pubacks < broker.sent:
                 await trio.sleep(0.01)

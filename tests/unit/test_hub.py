@@ -325,8 +325,7 @@ def test_local_memory_is_bounded() -> None:
 
 
 def test_without_fallback_local_records_are_ignored() -> None:
-    hub = Hub(max_per_tenant=10)
-    hub.local_fallback = False
+    hub = Hub(max_per_tenant=10, local_fallback=False)
     watcher = client(Filters("t1"))
     hub.register(watcher)
     hub.publish_local(record(), SENT_AT)
