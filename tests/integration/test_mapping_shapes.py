@@ -110,3 +110,34 @@ def test_every_example_shape_end_to_end(setup: BridgeSetup) -> None:
     ]
     details = {d.json().get("metric"): d.json()["detail"] for d in dead}
     assert "data.SPEED" in details["speed"] and "numeric" in details["speed"]
+
+
+def test_a_raw_only_mapping_moves_hostile_payloads_unread(setup: BridgeSetup) -> None:
+    """`clean_enabled = false`: every payload, JSON or not, 1,000 levels deep
+    or holding a 300-digit number, is one raw record, byte for byte; no clean
+    record, no dead letter (the payload is never parsed)."""
+    mappings = f"""
+[[mappings]]
+name = "archive"
+mqtt = {{ topic = "tenant/{{tenant}}/device/{{device}}/telemetry" }}
+kafka = {{ clean_enabled = false, raw_topic = "{setup.raw}", dead_letter_topic = "{setup.dlq}" }}
+"""
+    payloads = [
+        b"[" * 1000 + b"]" * 1000,
+        b'{"schema_version": 1, "metrics": {"t": ' + b"9" * 300 + b"}}",
+        b"\x00\xff not json",
+        _json({"schema_version": 1, "metrics": {"temperature": 23.5}}),
+    ]
+    with BridgeProcess(setup.config(mappings=mappings)) as bridge:
+        bridge.wait_for_event("bridge.ready", timeout=30)
+        publish_many(
+            setup.mosquitto.url, [("tenant/t1/device/D1/telemetry", p, 1) for p in payloads]
+        )
+        raw = kafka_read(setup.tansu.bootstrap, setup.raw, expected=len(payloads))
+        assert bridge.stop() == 0
+    assert [r.value for r in raw] == payloads
+    assert {(r.headers["tenant"], r.headers["device"]) for r in raw} == {(b"t1", b"D1")}
+    assert "schema_version" not in raw[0].headers
+    for topic in (setup.clean, setup.dlq):
+        assert kafka_read(setup.tansu.bootstrap, topic, expected=0, timeout=1) == []
+    assert bridge.events("ingest.internal_error") == []
