@@ -21,6 +21,20 @@ Resolving them here, rather than leaving ``auto.offset.reset`` to it, gives
 the hub a position for every partition from the start, which the SSE cursor
 needs (see :mod:`bridge.core.events`).
 
+Reading only while someone watches: a source built with ``wanted`` (the
+live stream's hubs, when no ``group_id`` is configured) pauses its partitions
+while no client is connected, because every record it read then would be
+thrown away, and reading the bridge's own clean records back cost a fifth of
+the daemon's CPU per message at full load (docs/benchmarks.md).  When a
+client connects, each partition moves to its end (the high watermark, asked
+of the broker) and resumes; until it has, the source is not ``live``, and the
+client's handshake waits for that (:func:`bridge.stream.gate.until_live`), so
+whatever is written once it is connected reaches it, and a resuming SSE
+client's replay ends where the live stream starts.  A configured
+``group_id`` is a group that outlives the process and keeps committing, and
+``start = "earliest"`` promises the first client what came before: such a
+source always reads.
+
 Kafka state, in the status: ``connecting`` until the first assignment,
 ``ok`` while brokers answer, ``down`` after librdkafka reports all brokers
 down or a statistics snapshot shows none up (back to ``ok`` when one shows a
@@ -34,6 +48,7 @@ from metadata and keeps its bootstrap and logical (coordinator) entries.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import socket
@@ -103,6 +118,12 @@ log = structlog.get_logger(__name__)
 KafkaState = Literal["connecting", "ok", "down", "disabled"]
 
 CONSUME_TIMEOUT_S = 0.5
+#: While paused: how often the source looks for a client (and serves
+#: librdkafka's callbacks); a first client's handshake waits up to this long.
+IDLE_POLL_S = 0.05
+#: A client about to connect (:meth:`KafkaSource.expect_client`) keeps the
+#: source reading this long, time enough to be admitted.
+EXPECT_CLIENT_S = 10.0
 #: Bound on the broker round trips made inside the assignment callback.
 OFFSET_QUERY_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 5.0
@@ -135,6 +156,18 @@ def _age_s(message: Message) -> float:
     if kind == TIMESTAMP_NOT_AVAILABLE or stamp_ms <= 0:
         return 0.0
     return time.time() - stamp_ms / 1000
+
+
+def _ends(consumer: Consumer, partitions: list[tuple[str, int]]) -> list[TopicPartition]:
+    """Worker thread: each partition's end (high watermark) as the broker
+    says now, one round trip each."""
+    ends = []
+    for topic, partition in partitions:
+        where = TopicPartition(topic, partition)
+        marks = consumer.get_watermark_offsets(where, timeout=OFFSET_QUERY_TIMEOUT_S, cached=False)
+        if marks is not None:
+            ends.append(TopicPartition(topic, partition, marks[1]))
+    return ends
 
 
 def default_group_id() -> str:
@@ -193,12 +226,16 @@ class KafkaSource:
         shared: Sequence[SharedSink] = (),
         earliest: bool = False,
         events: str = "stream",
+        wanted: Callable[[], bool] | None = None,
     ) -> None:
         """``shared``: the hubs fed from the same records (``hub`` is the first
         of them), for endpoints with the same source; ``earliest``: a partition
         without a known or committed position starts at its beginning;
         ``events``: the prefix of its log events (``stream.kafka_state``), so
-        that another reader (the console's dead letters) logs under its own."""
+        that another reader (the console's dead letters) logs under its own;
+        ``wanted``: whether any client reads what this source feeds now
+        (None: always read, as a feed that keeps a history must); ignored with
+        a configured ``group_id`` or with ``earliest`` (see the module doc)."""
         self._events = events
         self._kafka = kafka
         self._stream = stream
@@ -212,7 +249,11 @@ class KafkaSource:
         self.high_watermarks: dict[tuple[str, int], int] = {}
         self._missing_topics: set[str] = set()
         self._notes = _ThreadNotes()
-        self._ok = trio.Event()
+        self._wanted = wanted if stream.group_id is None and not earliest else None
+        #: Paused for want of clients (see the module doc).
+        self.paused = False
+        self._expected_until = -math.inf
+        self._live = trio.Event()
         self._kafka_errors = SampledLog(f"{events}.kafka_error")
         self._record_errors = SampledLog(f"{events}.kafka_record_error")
         self._record_failures = SampledLog(f"{events}.record_failed", level="error")
@@ -259,15 +300,88 @@ class KafkaSource:
         """Batches until a fatal error, which is returned."""
         batch_size = max(1, self._stream.consume_batch)
         while True:
-            messages = await trio.to_thread.run_sync(fetch, consumer, batch_size, CONSUME_TIMEOUT_S)
+            if self._wanted is not None:
+                await self._follow_clients(consumer)
+            timeout = IDLE_POLL_S if self.paused else CONSUME_TIMEOUT_S
+            messages = await trio.to_thread.run_sync(fetch, consumer, batch_size, timeout)
             notes, self._notes = self._notes, _ThreadNotes()
             self._apply(notes)
             if notes.fatal is not None:
                 return notes.fatal
+            if self.paused and notes.any_assignment:
+                self._pause(consumer)  # a new assignment fetches: not while no one reads
             if messages:
                 self._publish(messages)
                 if _age_s(messages[-1]) > MAX_BEHIND_S:
                     self._skip_to_present(consumer)
+
+    async def _follow_clients(self, consumer: Consumer) -> None:
+        """Pause when the last client has gone; move to the present and resume
+        when one is back (see the module doc)."""
+        assert self._wanted is not None
+        wanted = self._wanted() or trio.current_time() < self._expected_until
+        if not wanted and not self.paused:
+            self._pause(consumer)
+        elif wanted and self.paused:
+            partitions = sorted(self.assigned)
+            try:
+                ends = await trio.to_thread.run_sync(_ends, consumer, partitions)
+            except KafkaException as exc:
+                # Go on from where it paused: a long pause is then skipped by
+                # the MAX_BEHIND_S rule, with the clients told.
+                self._kafka_errors(code="resume_offsets_failed", error=str(exc))
+                ends = []
+            self._resume(consumer, partitions, ends)
+
+    def expect_client(self) -> None:
+        """A client is connecting (not yet admitted): read again now, and
+        for ``EXPECT_CLIENT_S`` whether or not it is admitted."""
+        self._expected_until = trio.current_time() + EXPECT_CLIENT_S
+
+    def _pause(self, consumer: Consumer) -> None:
+        partitions = [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+        try:
+            if partitions:
+                consumer.pause(partitions)
+        except KafkaException as exc:
+            self._kafka_errors(code="pause_failed", error=str(exc))
+            return
+        if not self.paused:
+            log.info(
+                f"{self._events}.kafka_paused",
+                hint="no client is connected: nothing is read until one is",
+            )
+            self.paused = True
+            self._update_live()
+
+    def _resume(
+        self, consumer: Consumer, partitions: list[tuple[str, int]], ends: list[TopicPartition]
+    ) -> None:
+        """Resume ``partitions`` and move each to its end in ``ends`` (never
+        back: a broker whose answer is behind the position is not followed);
+        the positions of every sink jump there."""
+        first = self._sinks[0].positions
+        starts = []
+        for end in ends:
+            paused_at = first.get(end.topic, {}).get(end.partition, end.offset)
+            if end.offset > paused_at:
+                starts.append(end)
+        try:
+            consumer.resume([TopicPartition(t, p) for t, p in partitions])
+            # After resume, not before: a seek on a paused partition may be
+            # undone by the resume; records fetched before the seek are dropped.
+            for start in starts:
+                consumer.seek(start)
+        except KafkaException as exc:
+            self._kafka_errors(code="resume_failed", error=str(exc))
+            return
+        unread = sum(s.offset - first[s.topic][s.partition] for s in starts if s.topic in first)
+        for start in starts:
+            for sink in self._sinks:
+                sink.positions.setdefault(start.topic, {})[start.partition] = start.offset
+        log.info(f"{self._events}.kafka_resumed", unread_while_paused=unread)
+        self.paused = False
+        self._update_live()
 
     def _apply(self, notes: _ThreadNotes) -> None:
         for topic, partition, offset in notes.assigned:
@@ -407,18 +521,27 @@ class KafkaSource:
             self.state = state
         for sink in self._sinks:
             sink.kafka_feeding = state == "ok"
-        if state == "ok":
-            self._ok.set()
-        elif self._ok.is_set():
-            self._ok = trio.Event()
+        self._update_live()
+
+    @property
+    def live(self) -> bool:
+        """Whether Kafka feeds the stream now: state ``ok`` (partitions
+        assigned, a broker answering) and not paused for want of clients."""
+        return self.state == "ok" and not self.paused
+
+    def _update_live(self) -> None:
+        if self.live:
+            self._live.set()
+        elif self._live.is_set():
+            self._live = trio.Event()
 
     async def wait_feeding(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for Kafka to feed the stream (state ``ok``:
-        partitions assigned, a broker answering); whether it does now."""
+        """Wait up to ``timeout_s`` for the source to be :attr:`live`; whether
+        it is now."""
         with trio.move_on_after(timeout_s):
-            while self.state != "ok":
-                await self._ok.wait()
-        return self.state == "ok"
+            while not self.live:
+                await self._live.wait()
+        return self.live
 
     # ----------------------------------------------------------------- worker thread
     def _on_error(self, error: KafkaError) -> None:

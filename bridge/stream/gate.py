@@ -102,6 +102,22 @@ def admitted(
     return client
 
 
+#: How long a connecting client waits for a paused source to read again
+#: before it is answered anyway (Kafka went away meanwhile, say).
+LIVE_WAIT_S = 5.0
+
+
+async def until_live(gate: Gate) -> None:
+    """Before a client's handshake is answered: wake its source if it was
+    paused for want of clients (bridge/stream/consumer.py) and wait, bounded,
+    until it has moved to the present and reads again, so that whatever is
+    written once the client is connected reaches it."""
+    source = gate.source
+    if source is not None and source.paused:
+        source.expect_client()
+        await source.wait_feeding(LIVE_WAIT_S)
+
+
 def released(hub: Hub, client: Client, remote: str, **context: object) -> None:
     """Take a client off its hub and log it."""
     hub.unregister(client)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import msgspec
@@ -102,6 +102,14 @@ class StreamStatus(msgspec.Struct, omit_defaults=True):
     malformed_records: int
     partitions: list[PartitionStatus]
     endpoints: dict[str, EndpointStatus] | None = None
+    #: The built-in endpoints' consumer is paused: no client is connected
+    #: (bridge/stream/consumer.py); shown only then.
+    kafka_paused: bool = False
+
+
+def _any_watched(hubs: Sequence[Hub]) -> bool:
+    """Whether a client reads any of the hubs one source feeds."""
+    return any(hub.has_clients for hub in hubs)
 
 
 class StreamSettingsError(ValueError):
@@ -141,7 +149,7 @@ class StreamService:
             local_fallback=config.stream.source != "kafka" and not endpoints,
         )
         self.source = (
-            KafkaSource(config.kafka, config.stream, self.hub)
+            KafkaSource(config.kafka, config.stream, self.hub, wanted=self._hub_watched)
             if config.stream.source != "local" and not endpoints
             else None
         )
@@ -168,12 +176,20 @@ class StreamService:
             )
             hubs = [e.hub for e in sharing]
             source = KafkaSource(
-                config.kafka, settings, hubs[0], shared=hubs, earliest=start == "earliest"
+                config.kafka,
+                settings,
+                hubs[0],
+                shared=hubs,
+                earliest=start == "earliest",
+                wanted=partial(_any_watched, hubs),
             )
             for endpoint in sharing:
                 endpoint.source = source
             sources.append(source)
         return sources
+
+    def _hub_watched(self) -> bool:
+        return self.hub.has_clients
 
     def reload_endpoints(self, plans: tuple[EndpointPlan, ...]) -> None:
         """The new contracts of endpoints whose paths and source are unchanged;
@@ -263,10 +279,12 @@ class StreamService:
                 continue
             seen.add(id(source))
             marks = source.high_watermarks if source is not None else {}
+            # A paused source is not behind: it reads nothing for want of clients.
+            reading = source is not None and not source.paused
             for topic, parts in sorted(hub.positions.items()):
                 for partition, position in sorted(parts.items()):
                     high = marks.get((topic, partition))
-                    lag = max(0, high - position) if high is not None else None
+                    lag = max(0, high - position) if high is not None and reading else None
                     partitions.append(PartitionStatus(topic, partition, position, high, lag))
         return StreamStatus(
             total_connections=sum(per_tenant.values()),
@@ -281,6 +299,7 @@ class StreamService:
             malformed_records=sum(h.malformed.total for h in hubs),
             endpoints={e.name: e.status() for e in self.endpoints} or None,
             partitions=partitions,
+            kafka_paused=self.source is not None and self.source.paused,
         )
 
     def origin_allowed(self, request: Request) -> bool:

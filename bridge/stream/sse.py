@@ -44,6 +44,7 @@ from bridge.core.events import (
 )
 from bridge.io.http import BodyWriter, Request, Responder
 from bridge.io.logs import SampledLog
+from bridge.stream.gate import until_live
 from bridge.stream.hub import Client, Event, Transport
 from bridge.stream.pump import pump
 from bridge.stream.replay import replay
@@ -121,9 +122,11 @@ async def _resume(
     if source is None:
         await sink.control(error_message("this stream does not read Kafka: live events only"))
         return True
-    if source.state != "ok":
-        # Kafka is reachable or not; either way the live stream does not have
-        # its positions yet, and only they tell where the replay must end.
+    if not source.live:
+        # Kafka is reachable or not, or the source was paused for want of
+        # clients (it moves to the present now that this one came); either way
+        # the live stream does not have its positions yet, and only they tell
+        # where the replay must end.
         if not await source.wait_feeding(min(RESUME_WAIT_S, service.settings.replay_timeout_s)):
             return await _come_back(sink, "Kafka does not feed the stream yet")
         if client.queue.kicked:
@@ -193,6 +196,7 @@ async def _resume_guarded(
 
 async def sse_session(service: Gate, request: Request, responder: Responder) -> None:
     cors = service.cors_headers(request)
+    await until_live(service)
     await service.prepare(request, [])
     try:
         client = service.admit(Transport.SSE, request, [])

@@ -21,6 +21,7 @@ from bridge.auth import Refused, select_subprotocol
 from bridge.core.events import error_message, ping_message
 from bridge.io.http import Request
 from bridge.io.logs import SampledLog
+from bridge.stream.gate import until_live
 from bridge.stream.hub import Client, Event, Transport
 from bridge.stream.pump import pump
 
@@ -138,6 +139,7 @@ async def _serve(gate: Gate, ws: WebSocketConnection, client: Client, remote: st
 
 async def websocket_session(service: Gate, request: Request, ws_request: WebSocketRequest) -> None:
     proposed = list(ws_request.proposed_subprotocols)
+    await until_live(service)
     try:
         ws = await ws_request.accept(subprotocol=select_subprotocol(proposed))
     except ConnectionClosed:

@@ -151,6 +151,13 @@ class Stream:
 
         await async_wait_until(done, 20, f"the stream to read {count} records of {topic}")
 
+    async def paused(self) -> None:
+        """Wait until the stream's consumer has paused: no client is connected,
+        so it reads nothing (bridge/stream/consumer.py)."""
+        source = self.service.source
+        assert source is not None
+        await async_wait_until(lambda: source.paused, 20, "the stream to pause")
+
 
 async def next_json(ws: Any, timeout: float = 10.0) -> Any:
     with trio.fail_after(timeout):
