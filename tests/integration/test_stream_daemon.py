@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from functools import partial
 from typing import Any
 
@@ -63,6 +64,13 @@ def _config(setup: BridgeSetup) -> Any:
     )
 
 
+def stream_status(port: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/api/stream/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        status: dict[str, Any] = json.load(response)
+    return status
+
+
 @pytest.mark.timeout(90)
 async def test_mqtt_publish_reaches_websocket_and_sse_with_the_exact_envelope(
     setup: BridgeSetup,
@@ -75,9 +83,18 @@ async def test_mqtt_publish_reaches_websocket_and_sse_with_the_exact_envelope(
             partial(bridge.wait_for_event, "stream.kafka_state", timeout=30, state="ok")
         )
         port = setup.listen_port
+        # No client yet: the stream's consumer reads nothing.
+        await trio.to_thread.run_sync(
+            partial(bridge.wait_for_event, "stream.kafka_paused", timeout=30)
+        )
+        assert (await trio.to_thread.run_sync(stream_status, port))["kafka_paused"] is True
         url = f"ws://127.0.0.1:{port}/ws/telemetry/stream/?token={client_token('t1')}"
         async with open_websocket_url(url) as ws:
             assert (await next_json(ws))["type"] == "connected"
+            await trio.to_thread.run_sync(
+                partial(bridge.wait_for_event, "stream.kafka_resumed", timeout=20)
+            )
+            assert "kafka_paused" not in await trio.to_thread.run_sync(stream_status, port)
             sse = await SseClient.open(
                 port, "/sse/telemetry/stream/", [("authorization", f"Bearer {client_token('t1')}")]
             )
