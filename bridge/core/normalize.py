@@ -514,6 +514,8 @@ class Normalizer:
         if mapping.schema_version_field is None:
             return 1
         version = _field(doc, mapping.schema_version_field)
+        if type(version) is int and version in mapping.schema_versions:
+            return version  # the usual case, before the checks that say what is wrong
         if version is MISSING:
             raise InputRejected("schema_version_unsupported", "schema_version is missing")
         if isinstance(version, bool) or not isinstance(version, int):

@@ -95,6 +95,8 @@ def parse_iso(raw: object) -> int:
 
 def parse_auto(raw: object) -> int:
     """ISO-8601 with an offset, or epoch milliseconds: the default telemetry rule."""
+    if type(raw) is int and _MIN_MS <= raw < _MAX_MS:
+        return raw  # the usual ts, settled here: _number would return it unchanged
     if isinstance(raw, str):
         return parse_iso(raw)
     return parse_epoch_ms(raw)
