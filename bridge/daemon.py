@@ -54,7 +54,7 @@ from bridge.core.mqtt_codec import InboundMessage
 from bridge.core.normalize import Normalizer
 from bridge.core.records import Outgoing
 from bridge.core.settings import Config
-from bridge.ingest.pipeline import Ingest
+from bridge.ingest.pipeline import Ingest, LocalFeed
 from bridge.ingest.sparkplug_store import StateSaver, load_state
 from bridge.ingest.stats import IngestStats
 from bridge.ingest.store_forward import READ_ONLY, SpoolIntake, StoreAndForward
@@ -153,7 +153,7 @@ class Daemon:
         self.mqtt: MqttClient | None = None
         self.forwarder: StoreAndForward[Tracked[Outgoing]] | None = None
         # What ingest also feeds, set up with the stream and the console.
-        self._local_feed: Callable[[bytes], None] | None = None
+        self._local_feed: LocalFeed | None = None
         self._dead_letter_feed: Callable[[list[Outgoing]], None] | None = None
         self.stream: StreamService | None = None
         self.commands: list[CommandForwarder] = []
@@ -315,7 +315,7 @@ class Daemon:
         stream = self.stream
         self.reload_hooks.append(lambda runtime: stream.reload(runtime.config, runtime.auth))
         if self.config.stream.source != "kafka":
-            self._local_feed = self.stream.feed_local
+            self._local_feed = self.stream
         self._mount_operations(self.stream)
         self._mount_console(nursery, self.stream)
         nursery.start_soon(self._sample_progress)

@@ -75,6 +75,18 @@ class MqttSession(Protocol):
     def publish(self, topic: str, payload: bytes, *, qos: int) -> object: ...
 
 
+class LocalFeed(Protocol):
+    """The stream's edge-local mode: told the clean records of its topics,
+    which it shows while Kafka does not feed it."""
+
+    @property
+    def takes_local(self) -> bool:
+        """Whether it would show a record now (asked once per batch: most of
+        the time nobody is connected or Kafka feeds the stream)."""
+
+    def feed_local(self, value: bytes) -> None: ...
+
+
 class PendingMessage(Message):
     """One MQTT message until its records are held, and the delivery waiter of
     those of its records that go straight to Kafka."""
@@ -128,8 +140,7 @@ class Ingest:
     """The ingest path; ``handle_batch`` is the MQTT client's batch handler.
 
     ``spool``: the spool's intake (None: no spool); ``local_feed`` (edge-local
-    mode): told the clean records of ``local_topics``, which the stream hub
-    shows while Kafka does not feed the stream; ``dead_letter_feed`` (the
+    mode): told the clean records of ``local_topics`` while it takes them; ``dead_letter_feed`` (the
     console): told the records of each message that made a dead letter (rare,
     so it costs nothing on the clean path); ``sparkplug_changed``: told when a
     batch changed the Sparkplug state (births, deaths), to save it.
@@ -143,7 +154,7 @@ class Ingest:
         session: MqttSession,
         *,
         spool: SpoolIntake[Tracked[Outgoing]] | None = None,
-        local_feed: Callable[[bytes], None] | None = None,
+        local_feed: LocalFeed | None = None,
         local_topics: frozenset[str] = frozenset(),
         dead_letter_feed: Callable[[list[Outgoing]], None] | None = None,
         sparkplug_changed: Callable[[], None] | None = None,
@@ -177,7 +188,8 @@ class Ingest:
         delivery = self.delivery
         arrive = delivery.arrive
         stats = self.stats
-        feed = self.local_feed
+        local = self.local_feed
+        feed = local.feed_local if local is not None and local.takes_local else None
         local_topics = self.local_topics
         for message in messages:
             topic = message.topic

@@ -251,6 +251,11 @@ class StreamService:
 
     replay_event: EventOf = staticmethod(clean_event)
 
+    @property
+    def takes_local(self) -> bool:
+        """Whether :meth:`feed_local` would deliver anything now."""
+        return self.hub.takes_local
+
     def feed_local(self, value: bytes) -> None:
         """A clean record (the exact value produced to Kafka) from this daemon's
         ingest; reaches clients only while Kafka does not feed the stream.
