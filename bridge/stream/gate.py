@@ -115,7 +115,10 @@ async def until_live(gate: Gate) -> None:
     source = gate.source
     if source is not None and source.paused:
         source.expect_client()
-        await source.wait_feeding(LIVE_WAIT_S)
+        # Only a source Kafka feeds is waited for: while Kafka is away (edge-
+        # local records, or nothing) there is nothing to wait for.
+        if source.state == "ok":
+            await source.wait_feeding(LIVE_WAIT_S)
 
 
 def released(hub: Hub, client: Client, remote: str, **context: object) -> None:
