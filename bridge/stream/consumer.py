@@ -361,11 +361,12 @@ class KafkaSource:
         back: a broker whose answer is behind the position is not followed);
         the positions of every sink jump there."""
         first = self._sinks[0].positions
-        starts = []
+        starts, unread = [], 0
         for end in ends:
             paused_at = first.get(end.topic, {}).get(end.partition, end.offset)
             if end.offset > paused_at:
                 starts.append(end)
+                unread += end.offset - paused_at
         try:
             consumer.resume([TopicPartition(t, p) for t, p in partitions])
             # After resume, not before: a seek on a paused partition may be
@@ -375,7 +376,6 @@ class KafkaSource:
         except KafkaException as exc:
             self._kafka_errors(code="resume_failed", error=str(exc))
             return
-        unread = sum(s.offset - first[s.topic][s.partition] for s in starts if s.topic in first)
         for start in starts:
             for sink in self._sinks:
                 sink.positions.setdefault(start.topic, {})[start.partition] = start.offset

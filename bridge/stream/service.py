@@ -149,7 +149,9 @@ class StreamService:
             local_fallback=config.stream.source != "kafka" and not endpoints,
         )
         self.source = (
-            KafkaSource(config.kafka, config.stream, self.hub, wanted=self._hub_watched)
+            KafkaSource(
+                config.kafka, config.stream, self.hub, wanted=partial(_any_watched, [self.hub])
+            )
             if config.stream.source != "local" and not endpoints
             else None
         )
@@ -187,9 +189,6 @@ class StreamService:
                 endpoint.source = source
             sources.append(source)
         return sources
-
-    def _hub_watched(self) -> bool:
-        return self.hub.has_clients
 
     def reload_endpoints(self, plans: tuple[EndpointPlan, ...]) -> None:
         """The new contracts of endpoints whose paths and source are unchanged;
