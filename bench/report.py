@@ -3,10 +3,11 @@ docs/benchmarks.md."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bench.ingest import IngestResult
+from bench.paho_ceiling import Ceiling, ceiling
 from bench.shared_scaling import scaling_rows
 
 TARGETS = {
@@ -18,6 +19,8 @@ TARGETS = {
     "paho": ">= 1.2x",
     "paho-raw": ">= 1.6x",
 }
+#: The same two targets as numbers: the bridge's CPU budget is worked out from them.
+PAHO_TARGETS = {"qos1": 1.2, "qos1-raw": 1.6}
 
 
 def _rate(value: float | None) -> str:
@@ -47,6 +50,39 @@ def _latency(values: Mapping[str, float] | None) -> str:
 
 def _row(*cells: str) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def ceiling_rows(results: Mapping[str, IngestResult], cores: int) -> list[str]:
+    """What the paho targets mean on this machine (bench/paho_ceiling.py):
+    the ratio at equal cores, the ratio no bridge passes here, and the
+    bridge's CPU budget against what it spent."""
+    paho = results.get("paho-qos1")
+    found = {}
+    for name, target in PAHO_TARGETS.items():
+        run = results.get(name)
+        if paho is None or run is None:
+            continue
+        got = ceiling(run.rate, run.split, paho.rate, paho.split, cores, target)
+        if got is not None:
+            found[name] = got
+    if not found:
+        return []
+
+    def each(cell: Callable[[str, Ceiling], str]) -> str:
+        return "; ".join(f"{name} {cell(name, got)}" for name, got in found.items())
+
+    return [
+        _row(f"same runs at equal cores (each run's CPU per process projected on {cores} "
+             "cores, other jobs left out), ratio to paho",
+             each(lambda _n, c: f"{c.equal_cores:.2f}x"), "", "", ""),
+        _row("ceiling here: the ratio of a bridge that cost no CPU (mosquitto, Tansu and "
+             "the load alone filling the cores)",
+             each(lambda _n, c: f"{c.free_bridge:.2f}x"), "", "", ""),
+        _row("bridge core-µs per message the target leaves at the run's other costs / "
+             "spent",
+             each(lambda n, c: f"{c.budget_us:.1f} / {c.spent_us:.1f} "
+                               f"(for {PAHO_TARGETS[n]}x)"), "", "", ""),
+    ]  # fmt: skip
 
 
 def ingest_rows(results: Mapping[str, IngestResult], latency_rate: int) -> list[str]:
@@ -180,10 +216,14 @@ def table(
     results: Mapping[str, IngestResult],
     latency_rate: int,
     stream: Mapping[int, Mapping[str, Any]] | None = None,
+    *,
+    cores: int,
 ) -> str:
+    """``cores``: the machine's, where the runs were measured."""
     head = ("measurement", "edge-bridge", "naive baseline", "ratio", "target")
     lines = [_row(*head), "|" + "---|" * len(head)]
     lines += ingest_rows(results, latency_rate)
+    lines += ceiling_rows(results, cores)
     lines += stream_rows(stream or {})
     lines += [
         "",
@@ -191,11 +231,11 @@ def table(
         "|---|---|---|---|---|",
     ]
     for r in results.values():
-        cores = ", ".join(f"{k} {v}" for k, v in r.cpu.items())
+        used = ", ".join(f"{k} {v}" for k, v in r.cpu.items())
         rss = f"{r.rss_mib} / {r.peak_rss_mib}"
         if r.worst_case_mib:
             rss += f" (worst case {r.worst_case_mib:.0f})"
-        lines.append(_row(r.name, r.offered, r.exact, rss, cores))
+        lines.append(_row(r.name, r.offered, r.exact, rss, used))
     lines += scaling_rows(results)
     warned = {r.name: r.warnings for r in results.values() if r.warnings}
     for name, events in warned.items():

@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.table_from.read_text())
         print(" · ".join(f"{k} {v}" for k, v in saved["machine"].items()))
         loaded = {k: IngestResult(**v) for k, v in saved["results"].items()}
-        print(table(loaded, LATENCY_RATE, {int(k): v for k, v in saved["stream"].items()}))
+        stream_loaded = {int(k): v for k, v in saved["stream"].items()}
+        print(table(loaded, LATENCY_RATE, stream_loaded, cores=int(saved["machine"]["nproc"])))
         return 0
     timing = Timing(3.0, 1.0) if args.quick else Timing(args.duration, args.warmup)
     chosen = args.only.split(",") if args.only else every
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 args.json.write_text(json.dumps(payload, indent=2))
     print()
-    print(table(results, LATENCY_RATE, stream))
+    print(table(results, LATENCY_RATE, stream, cores=int(info["nproc"])))
     for name, error in failed.items():
         print(f"\nFAILED {name}: {error}")
     return 1 if failed else 0
