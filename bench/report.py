@@ -10,17 +10,18 @@ from bench.ingest import IngestResult
 from bench.paho_ceiling import Ceiling, ceiling
 from bench.shared_scaling import scaling_rows
 
+#: The same-run ratios to the paho reference that issue 13 asks for, as
+#: numbers: the bridge's CPU budget (ceiling_rows) is worked out from them.
+PAHO_TARGETS = {"qos1": 1.2, "qos1-raw": 1.6}
 TARGETS = {
     "qos1": ">= 40,000",
     "qos0": ">= 50,000",
     "latency": "p99 < 25",
     "rss": "< 120",
     "ws100": ">= 40,000",
-    "paho": ">= 1.2x",
-    "paho-raw": ">= 1.6x",
+    "paho": f">= {PAHO_TARGETS['qos1']}x",
+    "paho-raw": f">= {PAHO_TARGETS['qos1-raw']}x",
 }
-#: The same two targets as numbers: the bridge's CPU budget is worked out from them.
-PAHO_TARGETS = {"qos1": 1.2, "qos1-raw": 1.6}
 
 
 def _rate(value: float | None) -> str:
