@@ -57,6 +57,16 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
         run.stdout,
         re.M,
     ), run.stdout
+    # What the target means on this machine, from the same runs' CPU split.
+    budget = re.search(
+        r"^\| bridge core-µs per message the target leaves .*\| qos1 (-?\d+\.\d) / (\d+\.\d) "
+        r"\(for 1\.2x\) \|",
+        run.stdout,
+        re.M,
+    )
+    assert budget is not None, run.stdout
+    assert float(budget.group(2)) > 0  # what the bridge spent
+    assert re.search(r"^\| ceiling here: .*\| qos1 \d+\.\d\dx \|", run.stdout, re.M)
 
     # Two daemons on one shared subscription: their row with the same-run
     # ratios to one daemon and to the reference (a rate may be 0 on a machine
