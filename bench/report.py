@@ -3,11 +3,11 @@ docs/benchmarks.md."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from bench.ingest import IngestResult
-from bench.paho_ceiling import Ceiling, ceiling
+from bench.paho_ceiling import ceiling
 from bench.shared_scaling import scaling_rows
 
 #: The same-run ratios to the paho reference that issue 13 asks for, as
@@ -58,31 +58,25 @@ def ceiling_rows(results: Mapping[str, IngestResult], cores: int) -> list[str]:
     the ratio at equal cores, the ratio no bridge passes here, and the
     bridge's CPU budget against what it spent."""
     paho = results.get("paho-qos1")
-    found = {}
+    equal, free, budget = [], [], []
     for name, target in PAHO_TARGETS.items():
         run = results.get(name)
-        if paho is None or run is None:
+        if run is None or paho is None:
             continue
         got = ceiling(run.rate, run.split, paho.rate, paho.split, cores, target)
         if got is not None:
-            found[name] = got
-    if not found:
+            equal.append(f"{name} {got.equal_cores:.2f}x")
+            free.append(f"{name} {got.free_bridge:.2f}x")
+            budget.append(f"{name} {got.budget_us:.1f} / {got.spent_us:.1f} (for {target}x)")
+    if not equal:
         return []
-
-    def each(cell: Callable[[str, Ceiling], str]) -> str:
-        return "; ".join(f"{name} {cell(name, got)}" for name, got in found.items())
-
     return [
         _row(f"same runs at equal cores (each run's CPU per process projected on {cores} "
-             "cores, other jobs left out), ratio to paho",
-             each(lambda _n, c: f"{c.equal_cores:.2f}x"), "", "", ""),
+             "cores, other jobs left out), ratio to paho", "; ".join(equal), "", "", ""),
         _row("ceiling here: the ratio of a bridge that cost no CPU (mosquitto, Tansu and "
-             "the load alone filling the cores)",
-             each(lambda _n, c: f"{c.free_bridge:.2f}x"), "", "", ""),
+             "the load alone filling the cores)", "; ".join(free), "", "", ""),
         _row("bridge core-µs per message the target leaves at the run's other costs / "
-             "spent",
-             each(lambda n, c: f"{c.budget_us:.1f} / {c.spent_us:.1f} "
-                               f"(for {PAHO_TARGETS[n]}x)"), "", "", ""),
+             "spent", "; ".join(budget), "", "", ""),
     ]  # fmt: skip
 
 

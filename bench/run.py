@@ -122,11 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.table_from:
-        saved = json.loads(args.table_from.read_text())
-        print(" · ".join(f"{k} {v}" for k, v in saved["machine"].items()))
-        loaded = {k: IngestResult(**v) for k, v in saved["results"].items()}
-        stream_loaded = {int(k): v for k, v in saved["stream"].items()}
-        print(table(loaded, LATENCY_RATE, stream_loaded, cores=int(saved["machine"]["nproc"])))
+        try:
+            saved = json.loads(args.table_from.read_text())
+            header = " · ".join(f"{k} {v}" for k, v in saved["machine"].items())
+            loaded = {k: IngestResult(**v) for k, v in saved["results"].items()}
+            stream_loaded = {int(k): v for k, v in saved["stream"].items()}
+            text = table(loaded, LATENCY_RATE, stream_loaded, cores=int(saved["machine"]["nproc"]))
+        except (
+            OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            ArithmeticError,
+        ) as exc:  # fmt: skip
+            # A file of another kind, a half-written one, one nested past json's
+            # recursion limit, a number past a float's range, or one from an older bench.
+            parser.error(
+                f"--table-from {args.table_from}: not a run saved by this bench's --json "
+                f"({type(exc).__name__}: {exc}); save one with --json FILE"
+            )
+        print(header)
+        print(text)
         return 0
     timing = Timing(3.0, 1.0) if args.quick else Timing(args.duration, args.warmup)
     chosen = args.only.split(",") if args.only else every
