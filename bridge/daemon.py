@@ -415,6 +415,7 @@ class Daemon:
                 stats=self.stats,
                 mqtt_connected=lambda: self.mqtt is not None and self.mqtt.connected,
                 mqtt_reconnects=lambda: self.mqtt.reconnects if self.mqtt is not None else 0,
+                mqtt_acks_waiting=lambda: self.mqtt.acks_waiting if self.mqtt is not None else 0,
                 kafka_state=lambda: self.producer.state,
                 kafka_queue=lambda: len(self.producer),
                 spool=lambda: self._spool_snapshot,

@@ -14,7 +14,9 @@ bridge's CPU per message (measured, see docs/benchmarks.md).  The messages of
 one wake-up go to the handler as one batch.
 
 QoS 1 messages are acknowledged by the caller, through :meth:`MqttClient.ack`,
-once Kafka holds every record made from them.  Acknowledgements carry the
+once Kafka holds every record made from them; the PUBACKs go out in the order
+the messages arrived, as MQTT requires, whatever order Kafka confirms them in
+(:mod:`bridge.core.puback_order`).  Acknowledgements carry the
 connection *generation* they belong to: a message id from a previous connection
 must never be acknowledged on a new one (it would acknowledge a different
 message); the broker redelivers those instead, as the persistent session
@@ -39,7 +41,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from bridge.core.mqtt_codec import Framer, InboundMessage, MalformedPacket, puback
+from bridge.core.mqtt_codec import Framer, InboundMessage, MalformedPacket
+from bridge.core.puback_order import PubackOrder
 from bridge.core.settings import MqttSettings
 from bridge.io.mqtt_keepalive import PINGREQ, Keepalive
 from bridge.io.paho_splice import PahoReadFailed, PahoSplice
@@ -130,6 +133,8 @@ class MqttClient:
         self._splice: PahoSplice | None = None  # the connection's
         # Our PUBACKs and PINGREQs not written yet: the splice writes from it.
         self._acks = bytearray()
+        # The connection's QoS 1 messages, released for PUBACK in arrival order.
+        self._order = PubackOrder()
         self._connack: trio.Event | None = None
         self._connect_error: str | None = None
         self._session_present = False
@@ -232,7 +237,13 @@ class MqttClient:
         """Acknowledge a QoS 1 message of connection ``generation`` (sent by the
         next :meth:`flush_writes`)."""
         if generation == self.generation and self.connected:
-            self._acks += puback(mid)
+            self._acks += self._order.settled(mid)
+
+    @property
+    def acks_waiting(self) -> int:
+        """Messages acknowledged by the caller whose PUBACK waits for an
+        earlier message of the connection (MQTT's order)."""
+        return self._order.waiting
 
     def flush_writes(self) -> None:
         """Send the queued acknowledgements and whatever paho has queued (pings,
@@ -419,6 +430,7 @@ class MqttClient:
             raise ConnectionLost(f"cannot connect to {self.address}: no socket")
         self._sock = sock
         self._acks = bytearray()
+        self._order = PubackOrder()
         self._splice = PahoSplice(self._client, sock, self._acks)
         self._framer = self._new_framer()
         self._keepalive = Keepalive(self.settings.keepalive_s, time.monotonic())
@@ -467,6 +479,8 @@ class MqttClient:
             batch, self._inbox = self._inbox, []
             if not self._subscribed:
                 self._received_before_suback += len(batch)
+            # The caller acknowledges exactly the messages with a QoS.
+            self._order.arrived([m.mid for m in batch if m.qos])
             self.on_batch(batch, self.generation)
 
     async def _read_loop(self, subscribed: Callable[[], None]) -> None:

@@ -91,6 +91,9 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("mqtt_connected", "gauge", (), "1 while the MQTT session is up, else 0."),
     ("mqtt_reconnects", "counter", (),
      "MQTT sessions lost or connection attempts failed; each is retried with backoff."),
+    ("mqtt_acks_waiting", "gauge", (),
+     "QoS 1 messages whose records are held but whose PUBACK waits for an earlier "
+     "message (MQTT acknowledges in arrival order)."),
     ("kafka_producer_state", "gauge", ("state",),
      "1 for the producer's current state (connecting, up, down), 0 for the others."),
     ("kafka_producer_queue_records", "gauge", (),
@@ -218,6 +221,7 @@ class Sources:
     stats: IngestStats
     mqtt_connected: Callable[[], bool]
     mqtt_reconnects: Callable[[], int]
+    mqtt_acks_waiting: Callable[[], int] | None = None
     kafka_state: Callable[[], str] | None = None
     kafka_queue: Callable[[], int] | None = None
     spool: Callable[[], SpoolView | None] | None = None
@@ -329,6 +333,8 @@ class BridgeCollector:
     def _mqtt(self) -> Iterator[Metric]:
         yield _gauge("mqtt_connected", int(self.sources.mqtt_connected()))
         yield _counter("mqtt_reconnects", self.sources.mqtt_reconnects())
+        if self.sources.mqtt_acks_waiting is not None:
+            yield _gauge("mqtt_acks_waiting", self.sources.mqtt_acks_waiting())
 
     def _kafka(self) -> Iterator[Metric]:
         if self.sources.kafka_state is not None:
