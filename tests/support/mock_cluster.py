@@ -13,6 +13,7 @@ The child prints ``bootstrap <host:port,...>`` once it serves, then reads one
 command per line on stdin and answers ``ok`` or ``error <text>``:
 
     down <broker-id>            up <broker-id>
+    rtt <broker-id> <ms>        (the broker answers every request that much later)
     leader <topic> <partition> <broker-id>
     produce-errors <code> [<code> ...]     (the next Produce requests fail with these)
 
@@ -54,6 +55,7 @@ def _librdkafka() -> ctypes.CDLL:
         "rd_kafka_mock_topic_create": (c_int, [ptr, c_char_p, c_int, c_int]),
         "rd_kafka_mock_broker_set_down": (c_int, [ptr, ctypes.c_int32]),
         "rd_kafka_mock_broker_set_up": (c_int, [ptr, ctypes.c_int32]),
+        "rd_kafka_mock_broker_set_rtt": (c_int, [ptr, ctypes.c_int32, c_int]),
         "rd_kafka_mock_partition_set_leader": (
             c_int,
             [ptr, c_char_p, ctypes.c_int32, ctypes.c_int32],
@@ -111,6 +113,8 @@ class _Served:
                 self._check(lib.rd_kafka_mock_broker_set_down(cluster, int(broker)), "down")
             case ["up", broker]:
                 self._check(lib.rd_kafka_mock_broker_set_up(cluster, int(broker)), "up")
+            case ["rtt", broker, ms]:
+                self._check(lib.rd_kafka_mock_broker_set_rtt(cluster, int(broker), int(ms)), "rtt")
             case ["leader", topic, partition, broker]:
                 self._check(
                     lib.rd_kafka_mock_partition_set_leader(
@@ -199,6 +203,10 @@ class MockCluster:
 
     def set_up(self, broker: int) -> None:
         self._command("up", broker)
+
+    def set_rtt(self, broker: int, ms: int) -> None:
+        """Delay every answer of the broker by ``ms`` (0: none)."""
+        self._command("rtt", broker, ms)
 
     def move_leader(self, topic: str, partition: int, broker: int) -> None:
         self._command("leader", topic, partition, broker)
