@@ -48,9 +48,7 @@ def _dead_letters(port: int) -> dict[str, float]:
 
 def test_a_hostile_broker_costs_a_connection_never_the_daemon(setup: BridgeSetup) -> None:
     with ScriptedBroker(SCRIPTS).running() as broker:
-        config = setup.config(
-            mqtt_url=broker.url, mqtt_extra="reconnect_min_s = 0.1"
-        )
+        config = setup.config(mqtt_url=broker.url, mqtt_extra="reconnect_min_s = 0.1")
         with BridgeProcess(config) as bridge:
             wait_until(lambda: len(bridge.events("mqtt.disconnected")) >= 2, 30, "two drops")
             garbage, alias = bridge.events("mqtt.disconnected")[:2]

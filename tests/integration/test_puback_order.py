@@ -51,9 +51,7 @@ def _devices() -> list[str]:
 
 @pytest.fixture
 def cluster(setup: BridgeSetup) -> Iterator[MockCluster]:
-    with MockCluster(
-        [setup.clean, setup.raw, setup.dlq], brokers=2, partitions=PARTITIONS
-    ) as mock:
+    with MockCluster([setup.clean, setup.raw, setup.dlq], brokers=2, partitions=PARTITIONS) as mock:
         for topic in (setup.clean, setup.raw, setup.dlq):
             for partition in range(PARTITIONS):
                 mock.move_leader(topic, partition, partition + 1)
