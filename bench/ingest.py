@@ -46,6 +46,10 @@ FIRST_DELIVERY_TIMEOUT_S = 60
 
 _spawn = multiprocessing.get_context("spawn")
 
+#: What mosquitto logs when it drops messages it accepted, because a client's
+#: queue is full by its count (docs/benchmarks.md, fifth pass).
+BROKER_DROPS = "Outgoing messages are being dropped for client "
+
 
 class System(Protocol):
     """A system under test: a context manager that yields once subscribed."""
@@ -139,6 +143,21 @@ class IngestResult:
         if self.on_kafka == self.published:
             return "exact"
         return f"MISMATCH {self.on_kafka} on Kafka of {self.published}"
+
+
+def broker_drops(log_path: Path) -> list[str]:
+    """mosquitto's word that it dropped messages for a client, from its log: a
+    shortfall on Kafka with one of these was lost in the broker, before the
+    system under test could see it."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [
+        f"mosquitto dropped messages for {line.split(BROKER_DROPS, 1)[1].rstrip('.')}"
+        for line in lines
+        if BROKER_DROPS in line
+    ]
 
 
 def bucket_quantiles(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -320,7 +339,7 @@ def measure_ingest(
             cpu=cores,
             latency_ms=percentiles(to_timestamp),
             ack_ms=bucket_quantiles(acks_before, acks_after),
-            warnings=sut.warnings(),
+            warnings=sut.warnings() + broker_drops(mosquitto.log_path),
             summaries=sut.summaries(),
             worst_case_mib=round(getattr(sut, "worst_case_mib", 0.0), 1),
             split=per_process,
