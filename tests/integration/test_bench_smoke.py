@@ -88,7 +88,10 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
         result = results[name]
         assert result["published"] > 0
         # QoS 1: every message the broker accepted is on Kafka, exactly once.
-        assert result["on_kafka"] == result["published"], result
+        assert result["on_kafka"] == result["published"], (
+            f"{name}: {result['on_kafka']} on Kafka of {result['published']} accepted; "
+            f"daemons at exit: {result['summaries']}; warnings: {result['warnings']}"
+        )
         assert result["peak_rss_mib"] > 0
         assert result["cpu"]["system"] > 0
 
