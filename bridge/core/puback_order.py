@@ -8,12 +8,12 @@ Kafka confirms each partition on its own, so messages are *settled* out of
 order all the time: a message whose records went to a partition on a slower
 broker, or into the spool, settles after messages that arrived behind it.
 
-Brokers rely on the rule.  mosquitto 2.0.11 (Debian 12's package) kept
-messages acknowledged out of order on its books, its per-client queue count
-grew past ``max_queued_messages`` while the bridge was fully caught up, and
-from then on it dropped new messages for the bridge without a word, after
-acknowledging them to their publishers (about 22,000 of 330,000 messages at
-35,000 msgs/s, measured with the bench; docs/benchmarks.md).
+Brokers may rely on it: mosquitto, for one, looks a PUBACK up from its
+oldest message in flight, and decides how many queued messages to send next
+from where in that list the acknowledged one was (database.c,
+``db__message_delete_outgoing``).  The bridge used to send its PUBACKs in
+the order Kafka confirmed them (tests/integration/test_mqtt_puback_order.py
+shows the difference through the daemon).
 
 :class:`PubackOrder` is the rule and nothing else: told the packet ids of a
 connection's QoS 1 messages as they arrive and each message when it is
