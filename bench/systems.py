@@ -209,9 +209,10 @@ class Bridges:
         return sorted(names)
 
     def summaries(self) -> list[str]:
-        """What each daemon said when it stopped (received, acked, in flight)."""
+        """What each daemon said when it stopped (received, acked, in flight,
+        and the records Kafka confirmed per topic)."""
         return [
-            " ".join(f"{k}={event.get(k)}" for k in ("received", "acked", "in_flight"))
+            " ".join(f"{k}={event.get(k)}" for k in ("received", "acked", "in_flight", "produced"))
             for event in self.stopped_events()
         ]
 

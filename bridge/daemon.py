@@ -598,6 +598,9 @@ class Daemon:
             received=sum(self.stats.received.values()),
             acked=self.stats.acked,
             in_flight=self.ingest.in_flight if self.ingest is not None else 0,
+            # Records Kafka confirmed, per topic: beside a reader's count of a
+            # topic, tells a record Kafka lost from one the bridge never sent.
+            produced=dict(self.stats.produced),
         )
 
 

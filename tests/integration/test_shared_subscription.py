@@ -90,6 +90,8 @@ def test_two_instances_share_the_load_and_handle_each_message_once(setup: Bridge
         stopped = bridge.events("bridge.stopped")[0]
         assert stopped["acked"] == count
         assert stopped["in_flight"] == 0
+        # One clean and one raw record per message, each confirmed by Kafka.
+        assert stopped["produced"] == {setup.clean: count, setup.raw: count}, stopped
 
 
 def test_a_stopped_instance_gets_its_share_when_it_returns(setup: BridgeSetup) -> None:
