@@ -33,6 +33,7 @@ import uuid
 from array import array
 from multiprocessing.connection import Connection
 from multiprocessing.sharedctypes import Synchronized
+from typing import NamedTuple
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -142,12 +143,26 @@ def _time(batch: list[Message], since: int, to_timestamp: array[int]) -> None:
                 to_timestamp.append(stamp_ms * 1_000_000 + HALF_MS_NS - sent)
 
 
-def count_records(bootstrap: str, topic: str, at_least: int, timeout: float) -> int:
+class Readback(NamedTuple):
+    """A topic read back from its beginning."""
+
+    records: int  # records read
+    # Offsets passed over between the first and the last record read in each
+    # partition: 0 on a topic written without transactions or compaction.  A
+    # shortfall with none skipped is records never written (or never given
+    # an offset); with some skipped, records the broker assigned offsets to
+    # and did not serve.
+    skipped: int
+
+
+def count_records(bootstrap: str, topic: str, at_least: int, timeout: float) -> Readback:
     """Read ``topic`` from the beginning and count its records: until there are
     ``at_least`` (and half a second more, to see duplicates) or ``timeout``.
     The exact check behind a QoS 1 result, independent of end offsets."""
     consumer = _consumer(bootstrap)
     deadline = time.monotonic() + timeout
+    # partition -> (first offset, last offset, records) read
+    spans: dict[int, tuple[int, int, int]] = {}
     try:
         found = consumer.list_topics(topic, timeout=10).topics[topic]
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in found.partitions])
@@ -157,8 +172,20 @@ def count_records(bootstrap: str, topic: str, at_least: int, timeout: float) -> 
             for message in consumer.consume(num_messages=10_000, timeout=0.1):
                 if message.error() is None:
                     count += 1
+                    note_offset(spans, message.partition() or 0, message.offset() or 0)
             if grace_until is None and count >= at_least:
                 grace_until = time.monotonic() + 0.5
-        return count
+        return Readback(count, skipped_offsets(spans))
     finally:
         consumer.close()
+
+
+def note_offset(spans: dict[int, tuple[int, int, int]], partition: int, offset: int) -> None:
+    """Widen ``partition``'s span (first offset, last offset, records read) by one record."""
+    first, last, read = spans.get(partition, (offset, offset, 0))
+    spans[partition] = (min(first, offset), max(last, offset), read + 1)
+
+
+def skipped_offsets(spans: dict[int, tuple[int, int, int]]) -> int:
+    """Offsets within the spans that no record read had."""
+    return sum(last - first + 1 - read for first, last, read in spans.values())

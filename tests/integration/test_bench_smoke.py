@@ -90,6 +90,7 @@ def test_bench_prints_a_table_with_messages_counted_on_kafka(tmp_path: Path) -> 
         # QoS 1: every message the broker accepted is on Kafka, exactly once.
         assert result["on_kafka"] == result["published"], (
             f"{name}: {result['on_kafka']} on Kafka of {result['published']} accepted; "
+            f"offsets skipped in the topic: {result['kafka_skipped']}; "
             f"daemons at exit: {result['summaries']}; warnings: {result['warnings']}"
         )
         assert result["peak_rss_mib"] > 0
