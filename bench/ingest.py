@@ -350,19 +350,23 @@ def measure_ingest(
             summaries=sut.summaries(),
             worst_case_mib=round(getattr(sut, "worst_case_mib", 0.0), 1),
             split=per_process,
-            each=_each(sut, peaks),
+            each=_each(sut, peaks, topics.raw),
             pinning=phase.pinning,
             kafka_skipped=skipped,
         )
 
 
-def _each(sut: System, peaks: list[float]) -> list[dict[str, float]]:
+def _each(sut: System, peaks: list[float], raw_topic: str) -> list[dict[str, float]]:
     """Per process of the system: its peak RSS and, for daemons, the messages
-    it received (its own count at exit): how a shared subscription split."""
+    it received (its own count at exit: how a shared subscription split) and
+    the raw records Kafka confirmed to it (a delivery report each)."""
     out = [{"peak_rss_mib": round(peak, 1)} for peak in peaks]
     if isinstance(sut, Bridges):
         for entry, event in zip(out, sut.stopped_events(), strict=False):
             entry["received"] = float(str(event.get("received", 0)))
+            produced = event.get("produced")
+            if isinstance(produced, dict):
+                entry["raw_confirmed"] = float(produced.get(raw_topic, 0))
     return out
 
 
