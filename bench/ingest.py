@@ -152,17 +152,13 @@ class IngestResult:
         return f"MISMATCH {self.on_kafka} on Kafka of {self.published} ({where})"
 
 
-def broker_drops(log_path: Path) -> list[str]:
+def broker_drops(log_text: str) -> list[str]:
     """mosquitto's word that it dropped messages for a client, from its log: a
     shortfall on Kafka with one of these was lost in the broker, before the
     system under test could see it."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
     return [
         f"mosquitto dropped messages for {line.split(BROKER_DROPS, 1)[1].rstrip('.')}"
-        for line in lines
+        for line in log_text.splitlines()
         if BROKER_DROPS in line
     ]
 
@@ -346,7 +342,7 @@ def measure_ingest(
             cpu=cores,
             latency_ms=percentiles(to_timestamp),
             ack_ms=bucket_quantiles(acks_before, acks_after),
-            warnings=sut.warnings() + broker_drops(mosquitto.log_path),
+            warnings=sut.warnings() + broker_drops(mosquitto.log_text()),
             summaries=sut.summaries(),
             worst_case_mib=round(getattr(sut, "worst_case_mib", 0.0), 1),
             split=per_process,
