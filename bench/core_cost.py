@@ -61,6 +61,9 @@ clean_topic = "clean"
 raw_topic = "raw"
 dead_letter_topic = "dlq"
 """
+#: ``--mapping raw``: the same mapping as a pass-through (the bench's
+#: ``qos1-raw``): one raw record per message, the payload not read.
+RAW_ONLY = "clean_enabled = false\n"
 
 
 def publish_packet(topic: str, body: bytes, mid: int) -> bytes:
@@ -91,12 +94,12 @@ def received_chunks(messages: int) -> list[bytes]:
     return [stream[i : i + RECV_BYTES] for i in range(0, len(stream), RECV_BYTES)]
 
 
-def normalizer() -> Normalizer:
+def normalizer(raw_only: bool) -> Normalizer:
     from bridge.runtime import build_runtime
 
     directory = Path(sys.argv[0]).resolve().parent
     path = directory / ".core_cost.toml"
-    path.write_text(CONFIG)
+    path.write_text(CONFIG + RAW_ONLY if raw_only else CONFIG)
     try:
         runtime = build_runtime(path, {}, {})
     finally:
@@ -120,10 +123,10 @@ class Acks:
         self.acks.clear()
 
 
-def run(stage: str, messages: int, bootstrap: str) -> tuple[int, float]:
+def run(stage: str, messages: int, bootstrap: str, raw_only: bool) -> tuple[int, float]:
     chunks = received_chunks(messages)
     framer = Framer(v5=True)
-    core = normalizer() if stage != "framer" else None
+    core = normalizer(raw_only) if stage != "framer" else None
     if core is not None:
         now = Now(time.time_ns() // 1_000_000)
         warm = Framer(v5=True)
@@ -174,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", choices=("framer", "normalize", "ingest"), default="ingest")
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--bootstrap", help="a Kafka broker to produce to (default: a Tansu)")
+    parser.add_argument(
+        "--mapping", choices=("default", "raw"), default="default",
+        help="raw: the mapping as a pass-through, one raw record per message (qos1-raw)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     tune_gc()  # as the daemon does after start-up
     with ExitStack() as stack:
@@ -183,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
 
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             bootstrap = stack.enter_context(Tansu(workdir)).bootstrap
-        count, cpu = run(args.stage, args.messages, bootstrap or "")
-    print(f"{args.stage} {count} messages {cpu:.3f} s CPU {cpu / count * 1e6:.2f} us/message")
+        count, cpu = run(args.stage, args.messages, bootstrap or "", args.mapping == "raw")
+    print(f"{args.stage} ({args.mapping} mapping) {count} messages {cpu:.3f} s CPU {cpu / count * 1e6:.2f} us/message")
     return 0
 
 

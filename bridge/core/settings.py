@@ -260,7 +260,10 @@ class MqttSettings(_Section):
     ``always`` or ``never``.  ``receive_maximum`` bounds the messages waiting
     for Kafka: the broker is asked to send no more unacknowledged (MQTT 5),
     and the bridge reads nothing more while that many wait, so its memory
-    stays bounded with any broker and at QoS 0 too."""
+    stays bounded with any broker and at QoS 0 too.  It is the window of a
+    bandwidth-delay product: a rate above ``receive_maximum`` / (Kafka's
+    round trip + ``kafka.linger_ms``) waits on acknowledgements, not on the
+    CPU (2000: 200,000 msgs/s at a 10 ms round trip, 40,000 at 50 ms)."""
 
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "edge-bridge"
@@ -269,7 +272,7 @@ class MqttSettings(_Section):
     password: str | None = None
     keepalive_s: Annotated[int, Meta(ge=1, le=65_535)] = 30
     session_expiry_s: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 86_400
-    receive_maximum: Annotated[int, Meta(ge=1, le=65_535)] = 1000
+    receive_maximum: Annotated[int, Meta(ge=1, le=65_535)] = 2000
     tls: TlsSettings | None = None
     embedded: Literal["auto", "always", "never"] = "auto"
     reconnect_min_s: Backoff = 0.5

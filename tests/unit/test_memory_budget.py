@@ -38,9 +38,9 @@ def test_default_budget_adds_up_from_the_settings() -> None:
     # The stream's consumer and the replays' (source "auto", no [[streams]]).
     consumers = 1 + config.stream.replay_concurrency
     assert parts["kafka_consumers"] == consumers * _consumer(512)
-    # receive_maximum (1000) messages and one 64 KiB read of 64-byte ones wait
+    # receive_maximum (2000) messages and one 64 KiB read of 64-byte ones wait
     # at most, 3 records each in the producer's queue.
-    backlog = 1000 + RECV_BYTES // MIN_PUBLISH_BYTES
+    backlog = 2000 + RECV_BYTES // MIN_PUBLISH_BYTES
     assert parts["mqtt_backlog"] == backlog * (MESSAGE_BYTES + 512)
     assert parts["producer_queue"] == 3 * backlog * (512 + LIBRDKAFKA_RECORD_BYTES)
     # The stream reads back records it did not compress: no slack.
@@ -82,7 +82,7 @@ def test_producer_kbytes_bound_lz4_and_tenants_of_the_registry() -> None:
     devices = {f"t{i}": {"d": DeviceSpec()} for i in range(3)}
     bounded = msgspec.structs.replace(config, kafka=kafka, devices=devices)
     budget = memory_budget(bounded, record_bytes=512)
-    records = 3 * (1000 + RECV_BYTES // MIN_PUBLISH_BYTES)
+    records = 3 * (config.mqtt.receive_maximum + RECV_BYTES // MIN_PUBLISH_BYTES)
     assert budget.parts["producer_queue"] == 1 * MIB + records * LIBRDKAFKA_RECORD_BYTES
     # The stream decompresses what it reads back: one fragmented heap.
     assert budget.parts["allocator_slack"] == COMPRESSED_READ_SLACK_BYTES
