@@ -226,6 +226,31 @@ def test_encoded_publishes_decode_to_what_was_encoded_however_they_are_cut(
     assert framer.buffered == 0
 
 
+# Remaining lengths each side of where their encoding grows (1, 2, 3 bytes),
+# and property blocks of a one- and a two-byte length: the framer reads the
+# one- and two-byte forms in line and hands the rest to the general decoder.
+@pytest.mark.parametrize("size", [8, 126, 127, 128, 129, 16_382, 16_383, 16_384, 16_385, 70_000])
+@pytest.mark.parametrize("value", [0, 118, 119])
+def test_lengths_at_every_encoding_boundary_decode_whole_and_cut_in_the_header(
+    size: int, value: int
+) -> None:
+    props = Properties(PacketTypes.PUBLISH)
+    if value:  # a block of 1 + 2 + 4 + 2 + value bytes: 127 (one-byte length) or 128 (two)
+        props.UserProperty = [("name", "v" * value)]
+    block = len(props.pack()) if value else 1
+    header = 2 + len("t/x") + 2 + block
+    payload = b"p" * max(0, size - header)
+    packet = _publish_packet("t/x", payload, 1, v5=True, mid=9, properties=props if value else None)
+    data = b"\xd0\x00" + packet + b"\xd0\x00"
+    expected = [("t/x", payload, 1, False, 9, [("name", "v" * value)] if value else None)]
+    for cut in (len(data), 3, 4, 5, 3 + header):
+        framer = Framer(v5=True, max_payload=100_000)
+        got = [framer.feed(data[:cut]), framer.feed(data[cut:])]
+        assert [_fields(m) for m in got[0][0] + got[1][0]] == expected, cut
+        assert got[0][1] + got[1][1] == b"\xd0\x00\xd0\x00"
+        assert framer.buffered == 0
+
+
 @st.composite
 def _hostile_bytes(draw: st.DrawFn) -> bytes:
     """Random bytes, or a valid stream with a few bytes overwritten and maybe
