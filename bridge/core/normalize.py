@@ -206,6 +206,9 @@ class Normalizer:
         # plan; a reload builds a new Normalizer and so starts them empty.
         self._routes: dict[str, Route] = {}
         self._identities: dict[Identity, tuple[bytes, Headers]] = {}
+        # A raw-only mapping's tenant and device come from the topic, so the
+        # topic and the delivery find its key and headers: one look-up.
+        self._raw_identities: dict[tuple[str, tuple[int, bool]], tuple[bytes, Headers]] = {}
         self.sparkplug: SparkplugMapper | None = None
         if any(m.sparkplug is not None for m in plan.mappings):
             self.sparkplug = SparkplugMapper(self, sparkplug_state)
@@ -341,7 +344,16 @@ class Normalizer:
             # Raw-only (pass-through): the payload is not read, so nothing in
             # it is judged; tenant and device come from the topic (the plan
             # allows nothing else) and the raw record is the only one.
-            _t, _d, key, headers = self._known(mapping, segments, topic, _UNREAD, None, delivery)
+            known = self._raw_identities.get((topic, delivery))
+            if known is None:
+                _t, _d, key, headers = self._known(
+                    mapping, segments, topic, _UNREAD, None, delivery
+                )
+                if len(self._raw_identities) >= CACHE_ENTRIES:
+                    self._raw_identities.clear()
+                self._raw_identities[(topic, delivery)] = (key, headers)
+            else:
+                key, headers = known
             raw_topic = mapping.raw_topic
             assert raw_topic is not None  # the plan refuses a mapping with neither topic
             raw_headers = [*headers, *carried, now.received_at_header]

@@ -110,3 +110,28 @@ def test_header_templates_see_the_qos_and_retain_flag_of_each_message(
     assert delivery(1, False) == "qos 1 retain false"
     assert delivery(0, True) == "qos 0 retain true"
     assert delivery(1, False) == "qos 1 retain false"  # from the cache, still per message
+
+
+RAW_DELIVERY = """
+[[mappings]]
+kafka = { clean_enabled = false, headers = { delivery = "qos {mqtt_qos} retain {mqtt_retain}" } }
+"""
+
+
+def test_a_raw_only_mapping_is_cached_by_topic_and_delivery_within_the_bound(
+    tmp_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A raw-only mapping finds its key and headers by topic and delivery
+    alone (its identity comes from the topic): each device keeps its own, each
+    delivery its own header, and the cache starts over past its bound."""
+    monkeypatch.setattr(normalize, "CACHE_ENTRIES", 3)
+    normalizer = normalizer_for(tmp_config(RAW_DELIVERY))
+    for n in range(6):
+        topic = f"tenant/t1/device/D{n}/telemetry"
+        for qos, retain in ((1, False), (0, True), (1, False)):
+            outcome = normalizer.process(topic, b"not read", NOW, None, qos, retain)
+            [(_, key, headers, value)] = records(outcome)
+            assert (key, value) == (f"t1:D{n}", b"not read")
+            assert ("device", f"D{n}") in headers
+            assert dict(headers)["delivery"] == f"qos {qos} retain {str(retain).lower()}"
+            assert len(normalizer._raw_identities) <= 3
