@@ -25,7 +25,7 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from bridge.core.delivery import Tracked
+from bridge.core.delivery import Message, Tracked
 from bridge.core.normalize import Normalizer
 from bridge.core.records import Outgoing
 from bridge.core.settings import KafkaSettings
@@ -290,3 +290,15 @@ async def test_a_removed_spool_directory_is_made_again_and_used(tmp_path: Path) 
     assert "removed" in unavailable[0]["reason"]
     with open_spool() as reopened:
         assert reopened.stats().records_pending == 1
+
+
+def test_a_pending_message_is_a_whole_message() -> None:
+    """PendingMessage sets the fields of Message itself (one call less per
+    message): every slot of Message has its initial value, so a field added
+    to Message and not there fails here, not in the delivery machine."""
+    ingest = object.__new__(Ingest)
+    pending = PendingMessage(ingest, 4, 17, None)
+    plain = Message(4, 17)
+    assert {slot: getattr(pending, slot) for slot in Message.__slots__} == {
+        slot: getattr(plain, slot) for slot in Message.__slots__
+    }
