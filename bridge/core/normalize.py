@@ -59,9 +59,9 @@ Reading = tuple[str, Value, MetricType, str | None, str | None]
 Identity = tuple[str, str, str, int | None, tuple[int, bool]]
 
 # Entries kept by each per-topic and per-identity cache before it starts over.
-# Both together cost about 1.1 KiB per device (measured with tracemalloc on
-# the default mapping: 22 MiB for 20,000 devices), so the bound keeps them
-# near 11 MiB even under a flood of made-up topics; a gateway with more
+# Together they cost at most 1.3 KiB per device (measured with tracemalloc,
+# bridge/ops/memory_budget.py CACHE_ENTRY_BYTES), so the bound keeps them
+# near 13 MiB even under a flood of made-up topics; a gateway with more
 # devices than this still works, at the uncached speed part of the time.
 CACHE_ENTRIES = 10_000
 

@@ -83,8 +83,10 @@ MESSAGE_BYTES = 600
 #: reading lz4 batches back (malloc_trim returned 64 MiB of it at once);
 #: with ``kafka.compression = "none"`` none of it (docs/benchmarks.md).
 COMPRESSED_READ_SLACK_BYTES = 96 * MIB
-#: Per entry, measured with tracemalloc on the default mapping.
-CACHE_ENTRY_BYTES = 1100  # a route plus an identity, per device
+#: Per device: its route and identity (a raw-only mapping: route, identity
+#: and the raw look-up), 1,050-1,160 bytes measured with tracemalloc
+#: (tests/unit/test_normalize_caches.py holds the caches to it).
+CACHE_ENTRY_BYTES = 1300
 DEDUP_ENTRY_BYTES = 200
 ALARM_SERIES_BYTES = 400
 #: The spool's read-ahead when it scans a segment (bridge/io/spool.py).

@@ -5,6 +5,7 @@ normalizer would."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from bridge.core import normalize
 from bridge.core.normalize import Normalizer
+from bridge.ops.memory_budget import CACHE_ENTRY_BYTES
 from tests.unit.core_fixtures import NOW, normalizer_for, reasons, records
 
 WriteConfig = Callable[..., Path]
@@ -135,3 +137,32 @@ def test_a_raw_only_mapping_is_cached_by_topic_and_delivery_within_the_bound(
             assert ("device", f"D{n}") in headers
             assert dict(headers)["delivery"] == f"qos {qos} retain {str(retain).lower()}"
             assert len(normalizer._raw_identities) <= 3
+
+
+@pytest.mark.parametrize("kafka", ["", "clean_enabled = false"])
+def test_the_caches_cost_what_the_memory_budget_says_per_device(
+    tmp_config: WriteConfig, kafka: str
+) -> None:
+    """The memory budget's CACHE_ENTRY_BYTES covers what the caches keep for
+    each device, with the default mapping and with a raw-only one (which keeps
+    one more look-up)."""
+    normalizer = normalizer_for(tmp_config(f"[[mappings]]\n[mappings.kafka]\n{kafka}\n"))
+    devices = 3000
+    messages = [
+        (
+            f"tenant/t1/device/DEV-{n:05d}/telemetry",
+            PAYLOAD.replace(b"{", b'{"device":"DEV-%05d",' % n, 1),
+        )
+        for n in range(devices)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for topic, payload in messages:
+            outcome = normalizer.process(topic, payload, NOW, None, 1, False)
+            assert outcome.records and not outcome.dead
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(normalizer._routes) == devices
+    assert grown / devices <= CACHE_ENTRY_BYTES
