@@ -114,7 +114,9 @@ class PendingMessage(Message):
         if error is not None:
             ingest.failed_direct(self, error, message)
             return
-        ingest.stats.produced[message.topic()] += 1
+        produced = ingest.stats.produced
+        topic = message.topic()
+        produced[topic] = produced.get(topic, 0) + 1
         self.remaining -= 1
         if not self.remaining:
             ingest.settle(self, ingest.delivery.delivered_direct(self))
@@ -136,7 +138,9 @@ class _Report:
             ingest.count_failure(error, message)
             ingest.carry_out(ingest.delivery.failed(self.item))
             return
-        ingest.stats.produced[message.topic()] += 1
+        produced = ingest.stats.produced
+        topic = message.topic()
+        produced[topic] = produced.get(topic, 0) + 1
         ingest.carry_out(ingest.delivery.delivered(self.item))
 
 
@@ -195,6 +199,7 @@ class Ingest:
         local = self.local_feed
         feed = local.feed_local if local is not None and local.takes_local else None
         local_topics = self.local_topics
+        received = stats.received
         for message in messages:
             topic = message.topic
             outcome = process(
@@ -210,7 +215,7 @@ class Ingest:
                     stats.unmatched += 1
                     self._unmatched_log(topic=topic)
             else:
-                stats.received[mapping] += 1
+                received[mapping] = received.get(mapping, 0) + 1
                 if outcome.duplicate:
                     stats.duplicates[mapping] += 1
                 dead = outcome.dead

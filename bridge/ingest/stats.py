@@ -1,6 +1,11 @@
 """Counters the data path bumps, read by the metrics endpoint and the logs.
 
 Plain ints and dicts: incrementing them costs next to nothing on the hot path.
+The two bumped for every message and every record, ``received`` and
+``produced``, are plain dicts counted with ``get``: a ``Counter`` (a dict
+subclass, which the interpreter's dict fast paths pass over) took 121 ns an
+increment against 58 (timeit, keys made afresh as confluent-kafka makes a
+record's topic).
 The Prometheus exposition reads them only when scraped, through a custom
 collector, instead of calling a prometheus-client ``Counter.inc()`` per message.
 """
@@ -16,10 +21,10 @@ from dataclasses import dataclass, field
 class IngestStats:
     """What the ingest path has seen since the daemon started."""
 
-    received: Counter[str] = field(default_factory=Counter)  # per mapping
+    received: dict[str, int] = field(default_factory=dict)  # per mapping
     unmatched: int = 0
     duplicates: Counter[str] = field(default_factory=Counter)  # per mapping
-    produced: Counter[str] = field(default_factory=Counter)  # per Kafka topic, delivered
+    produced: dict[str, int] = field(default_factory=dict)  # per Kafka topic, delivered
     dead_letters: Counter[str] = field(default_factory=Counter)  # per reason
     internal_errors: int = 0  # exceptions the core's crash barrier caught
     delivery_failures: int = 0

@@ -43,12 +43,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def populated() -> IngestStats:
     stats = IngestStats()
-    stats.received["telemetry"] += 120
-    stats.received["legacy"] += 7
+    stats.received["telemetry"] = 120
+    stats.received["legacy"] = 7
     stats.unmatched = 3
     stats.duplicates["telemetry"] += 2
-    stats.produced["telemetry.clean"] += 300
-    stats.produced["telemetry.dlq"] += 4
+    stats.produced["telemetry.clean"] = 300
+    stats.produced["telemetry.dlq"] = 4
     stats.dead_letters["invalid_json"] += 3
     stats.dead_letters["unknown_metric"] += 1
     stats.delivery_failures = 5
@@ -198,7 +198,7 @@ def test_values_are_read_at_scrape_time_and_only_then() -> None:
     )
     registry = build_registry(sources, process=False)
     assert calls == []  # registering does not collect
-    stats.received["telemetry"] += 1
+    stats.received["telemetry"] = 1
     first, _ = render(registry)
     stats.received["telemetry"] += 41
     second, _ = render(registry)
