@@ -263,7 +263,7 @@ class MqttSettings(_Section):
     stays bounded with any broker and at QoS 0 too.  It is the window of a
     bandwidth-delay product: a rate above ``receive_maximum`` / (Kafka's
     round trip + ``kafka.linger_ms``) waits on acknowledgements, not on the
-    CPU (2000: 200,000 msgs/s at a 10 ms round trip, 40,000 at 50 ms)."""
+    CPU (2000: 200,000 msgs/s at 10 ms in all, 40,000 at 50 ms)."""
 
     url: str = "mqtt://127.0.0.1:1883"
     client_id: str = "edge-bridge"
