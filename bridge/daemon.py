@@ -201,6 +201,11 @@ class Daemon:
         assert self.ingest is not None
         return self.ingest.in_flight
 
+    def _in_flight(self) -> int:
+        """Messages whose records are not all held yet (0 before the ingest
+        path exists): read from the delivery machine, which keeps the count."""
+        return self.ingest.in_flight if self.ingest is not None else 0
+
     async def run(self) -> None:
         try:
             await self._run()
@@ -386,7 +391,7 @@ class Daemon:
             dead_letters=sum(stats.dead_letters.values()),
             # Messages not held yet, and spooled records: neither in Kafka.
             # (len(producer) would also count librdkafka's protocol requests.)
-            waiting=stats.pending_messages + (pending or 0),
+            waiting=self._in_flight() + (pending or 0),
             spool_appended=stats.spooled,
             spool_pending=pending,
         )
@@ -399,7 +404,7 @@ class Daemon:
         source = self._dead_letter_source
         return HealthInputs(
             state=self._health_state(),
-            in_flight_messages=self.stats.pending_messages,
+            in_flight_messages=self._in_flight(),
             spool_records=snapshot.records_pending if snapshot else None,
             spool_bytes=snapshot.bytes if snapshot else None,
             stream_connections=status.total_connections,
@@ -416,6 +421,7 @@ class Daemon:
                 mqtt_connected=lambda: self.mqtt is not None and self.mqtt.connected,
                 mqtt_reconnects=lambda: self.mqtt.reconnects if self.mqtt is not None else 0,
                 mqtt_acks_waiting=lambda: self.mqtt.acks_waiting if self.mqtt is not None else 0,
+                messages_in_flight=self._in_flight,
                 kafka_state=lambda: self.producer.state,
                 kafka_queue=lambda: len(self.producer),
                 spool=lambda: self._spool_snapshot,
@@ -597,7 +603,7 @@ class Daemon:
             "bridge.stopped",
             received=sum(self.stats.received.values()),
             acked=self.stats.acked,
-            in_flight=self.ingest.in_flight if self.ingest is not None else 0,
+            in_flight=self._in_flight(),
             # Records Kafka confirmed, per topic: beside a reader's count of a
             # topic, tells a record Kafka lost from one the bridge never sent.
             produced=dict(self.stats.produced),

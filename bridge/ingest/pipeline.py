@@ -242,7 +242,6 @@ class Ingest:
                         break
             elif actions:
                 self.carry_out(actions)
-        stats.pending_messages = delivery.pending
         sparkplug = self.normalizer.sparkplug
         if sparkplug is not None:
             self._sparkplug_after_batch(sparkplug)
@@ -319,7 +318,6 @@ class Ingest:
         """Every record of ``message`` is held (or dropped): acknowledge it if
         the machine says so."""
         stats = self.stats
-        stats.pending_messages = self.delivery.pending
         if message.started is not None:
             stats.observe_latency(time.monotonic() - message.started)
         if ack:

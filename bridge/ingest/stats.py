@@ -35,7 +35,6 @@ class IngestStats:
     spool_full_waits: int = 0  # appends refused under when_full = backpressure
     spool_unavailable: int = 0  # times the file system refused the spool
     acked: int = 0
-    pending_messages: int = 0
     # Kafka delivery latency histogram: upper bounds in seconds -> count.
     latency_buckets: tuple[float, ...] = (
         0.001,

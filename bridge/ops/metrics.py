@@ -222,6 +222,8 @@ class Sources:
     mqtt_connected: Callable[[], bool]
     mqtt_reconnects: Callable[[], int]
     mqtt_acks_waiting: Callable[[], int] | None = None
+    #: Messages whose records are not all held yet (the delivery machine's count).
+    messages_in_flight: Callable[[], int] | None = None
     kafka_state: Callable[[], str] | None = None
     kafka_queue: Callable[[], int] | None = None
     spool: Callable[[], SpoolView | None] | None = None
@@ -316,7 +318,8 @@ class BridgeCollector:
         yield _per_label("mqtt_messages_duplicate", stats.duplicates)
         yield _counter("mqtt_messages_acked", stats.acked)
         yield _counter("qos0_records_dropped", stats.dropped_qos0)
-        yield _gauge("messages_in_flight", stats.pending_messages)
+        if self.sources.messages_in_flight is not None:
+            yield _gauge("messages_in_flight", self.sources.messages_in_flight())
         yield _per_label("kafka_records_produced", stats.produced)
         yield _per_label("dead_letters", stats.dead_letters)
         yield _counter("internal_errors", stats.internal_errors)

@@ -131,7 +131,7 @@ def test_ingest_counts_logs_and_produces_the_internal_error_and_goes_on() -> Non
     assert stats.internal_errors == 3
     assert stats.dead_letters == {"internal_error": 3}
     assert stats.received["telemetry"] == 6
-    assert stats.pending_messages == 6  # each waits for its records (a dead letter), then its ack
+    assert ingest.in_flight == 6  # each waits for its records (a dead letter), then its ack
     (logged,) = [e for e in logs if e["event"] == "ingest.internal_error"]  # sampled
     assert logged["error"] == "ZeroDivisionError: division by zero"
     assert isinstance(logged["exc_info"], ZeroDivisionError)  # rendered as a traceback

@@ -77,13 +77,13 @@ def test_a_message_is_acknowledged_once_kafka_has_each_of_its_records() -> None:
     ingest.handle_batch([message(7)], generation=1)
     records = len(producer.queued)
     assert records > 1  # clean and raw
-    assert ingest.stats.pending_messages == 1
+    assert ingest.in_flight == 1
     for _ in range(records - 1):
         producer.report()
     assert session.acked == []
     producer.report()
     assert session.acked == [7]
-    assert ingest.stats.acked == 1 and ingest.stats.pending_messages == 0
+    assert ingest.stats.acked == 1 and ingest.in_flight == 0
     assert sum(ingest.stats.produced.values()) == records
 
 
