@@ -71,3 +71,29 @@ def test_a_hostile_broker_costs_a_connection_never_the_daemon(setup: BridgeSetup
                 "invalid_json": 1,
             }
             assert bridge.stop() == 0
+
+
+def test_a_publish_cut_inside_its_length_is_taken_whole_when_the_rest_comes(
+    setup: BridgeSetup,
+) -> None:
+    """A half-written PUBLISH: the connection's bytes stop after the first of
+    its two remaining-length bytes, and the rest comes only once the message
+    before it is acknowledged (so after the daemon has read the half on its
+    own).  It waits in the framer, then goes through whole, as do hostile
+    payloads around it."""
+    cut = publish_qos1(
+        TOPIC, 2, b'{"schema_version": 1, "metrics": {"t": 2}, "pad": "' + b"x" * 200 + b'"}'
+    )
+    assert cut[1] & 0x80 and not cut[2] & 0x80, "a two-byte remaining length"
+    first = publish_qos1(TOPIC, 1, b"[" * 1000 + b"]" * 1000) + cut[:2]
+    rest = cut[2:] + publish_qos1(
+        TOPIC, 3, b'{"schema_version": 1, "metrics": {"t": ' + b"9" * 300 + b"}}"
+    )
+    with ScriptedBroker([(first, 1, rest)]).running() as broker:
+        config = setup.config(mqtt_url=broker.url)
+        with BridgeProcess(config) as bridge:
+            wait_until(lambda: len(broker.pubacks) == 3, 60, "three PUBACKs")
+            assert broker.pubacks == [1, 2, 3]
+            assert broker.connections == 1, "the half-written packet cost no connection"
+            assert _dead_letters(setup.listen_port) == {"too_deep": 1, "value_out_of_range": 1}
+            assert bridge.stop() == 0

@@ -64,10 +64,16 @@ class PacketReader:
         return first, self._take(size)
 
 
+#: A script: its bytes, or (bytes, PUBACKs, rest): ``rest`` is sent once the
+#: daemon has sent that many PUBACKs on the connection, so that what the bytes
+#: left half-written is certainly read on its own first.
+Script = bytes | tuple[bytes, int, bytes]
+
+
 class ScriptedBroker:
     """Serves ``scripts``, one connection each; records the daemon's PUBACKs."""
 
-    def __init__(self, scripts: Sequence[bytes]) -> None:
+    def __init__(self, scripts: Sequence[Script]) -> None:
         self.scripts = list(scripts)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -86,7 +92,7 @@ class ScriptedBroker:
                 self.connections += 1
                 self._session(conn, script)
 
-    def _session(self, conn: socket.socket, script: bytes) -> None:
+    def _session(self, conn: socket.socket, script: Script) -> None:
         conn.settimeout(30)
         reader = PacketReader(conn)
         first, _ = reader.packet()
@@ -95,7 +101,9 @@ class ScriptedBroker:
         first, body = reader.packet()
         assert first == 0x82, "then SUBSCRIBE"
         conn.sendall(packet(0x90, body[:2] + b"\x00\x01"))  # SUBACK: granted QoS 1
-        conn.sendall(script)
+        data, after, rest = script if isinstance(script, tuple) else (script, 0, b"")
+        conn.sendall(data)
+        acked = 0
         while True:  # until the daemon closes the connection (or the test ends)
             try:
                 first, body = reader.packet()
@@ -103,6 +111,9 @@ class ScriptedBroker:
                 return
             if first == 0x40:
                 self.pubacks.append(int.from_bytes(body[:2], "big"))
+                acked += 1
+                if rest and acked == after:
+                    conn.sendall(rest)
 
     @contextmanager
     def running(self) -> Iterator[ScriptedBroker]:
