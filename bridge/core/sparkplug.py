@@ -105,6 +105,14 @@ def decode_payload(payload: bytes) -> Payload:
         ) from None
 
 
+def invalid_utf8(what: str, metric: str | None = None) -> InputRejected:
+    """The refusal of a string field that is not UTF-8.  The Sparkplug B
+    schema is proto2, where protobuf hands such a field back as ``bytes``
+    instead of refusing the message: every string field read must be checked."""
+    reason = "invalid_metric_name" if metric is None else "metric_type_invalid"
+    return InputRejected(reason, f"{what} is not valid UTF-8", metric)
+
+
 def datatype_name(datatype: int) -> str:
     try:
         return DataType.Name(datatype)
@@ -183,7 +191,9 @@ def _text(
 ) -> tuple[Value, MetricType]:
     if field != "string_value":
         raise _mismatch(name, datatype, field)
-    text = metric.string_value
+    text: str | bytes = metric.string_value
+    if not isinstance(text, str):  # see invalid_utf8
+        raise invalid_utf8(f"metric {name!r}: its string value", name)
     if len(text) > max_string:
         raise InputRejected(
             "metric_type_invalid", f"metric {name!r}: string longer than {max_string}", name

@@ -31,6 +31,7 @@ from bridge.core.sparkplug import (
     BD_SEQ_METRIC,
     SparkplugTopic,
     datatype_name,
+    invalid_utf8,
     metric_value,
     timestamp_ms,
 )
@@ -303,9 +304,12 @@ class SparkplugState:
     def _birth(self, table: AliasTable, payload: Payload, ts: int, out: Resolved) -> None:
         readings = out.readings
         for metric in payload.metrics:
-            name = metric.name
+            name: str | bytes = metric.name
             if not name:
                 readings.append(InputRejected("invalid_metric_name", "a birth metric has no name"))
+                continue
+            if not isinstance(name, str):
+                readings.append(invalid_utf8("a birth metric's name"))
                 continue
             if not metric.HasField("datatype"):
                 readings.append(
@@ -325,7 +329,11 @@ class SparkplugState:
         unknown = False
         for metric in payload.metrics:
             if metric.name:
-                name = metric.name
+                named: str | bytes = metric.name
+                if not isinstance(named, str):
+                    readings.append(invalid_utf8("a metric's name"))
+                    continue
+                name = named
                 datatype = table.by_name.get(name)
             elif metric.HasField("alias"):
                 entry = table.by_alias.get(metric.alias)

@@ -48,7 +48,7 @@ def _len(field: int, data: bytes) -> bytes:
 
 
 def metric(
-    name: str | None = None,
+    name: str | bytes | None = None,
     *,
     alias: int | None = None,
     datatype: int | None = None,
@@ -56,10 +56,11 @@ def metric(
     timestamp: int | None = None,
     is_null: bool = False,
 ) -> bytes:
-    """One Payload.Metric, its value in the field its datatype uses."""
+    """One Payload.Metric, its value in the field its datatype uses.  A name
+    or string value given as bytes is written as is (not UTF-8, say)."""
     out = b""
     if name is not None:
-        out += _len(1, name.encode())
+        out += _len(1, name if isinstance(name, bytes) else name.encode())
     if alias is not None:
         out += _uint(2, alias)
     if timestamp is not None:
@@ -86,8 +87,8 @@ def metric(
     elif datatype == BOOLEAN:
         out += _uint(14, 1 if value else 0)
     elif datatype in _STRING:
-        assert isinstance(value, str)
-        out += _len(15, value.encode())
+        assert isinstance(value, str | bytes)
+        out += _len(15, value if isinstance(value, bytes) else value.encode())
     elif datatype in (BYTES, FILE):
         assert isinstance(value, bytes)
         out += _len(16, value)

@@ -150,6 +150,43 @@ def test_an_unknown_alias_is_a_base64_dead_letter_and_queues_one_rebirth(spb: No
     assert spb.sparkplug.take_commands() == []  # rate-limited per node
 
 
+def test_strings_that_are_not_utf8_are_dead_letters_per_metric(spb: Normalizer) -> None:
+    """Sparkplug B is proto2, where protobuf returns a string field holding
+    invalid UTF-8 as bytes instead of refusing it: such a name or value is
+    refused by its metric (the others still become records), never passed on
+    as bytes nor left to fail as a bug."""
+    born(spb)
+    data = enc.payload(
+        [
+            enc.metric(b"bad\xff", datatype=enc.INT32, value=1),
+            enc.metric(alias=11, datatype=enc.STRING, value=b"st\xc3op"),
+            enc.metric(alias=10, datatype=enc.UINT16, value=1300),
+        ],
+        seq=2,
+    )
+    outcome = spb.process("spBv1.0/plant/DDATA/gw/pump", data, NOW)
+    assert outcome.error is None
+    letters = values(outcome, "telemetry.dlq")
+    assert [(v["reason"], v.get("metric")) for v in letters] == [
+        ("invalid_metric_name", None),
+        ("metric_type_invalid", "state"),
+    ]
+    assert "not valid UTF-8" in letters[0]["detail"]
+    assert [v["metric"] for v in values(outcome, "telemetry.clean")] == ["rpm"]
+    # A birth: the metric with such a name is refused, the rest is born.
+    birth = enc.payload(
+        [
+            enc.metric(b"\xfe", alias=20, datatype=enc.INT32, value=1),
+            enc.metric("flow", alias=21, datatype=enc.DOUBLE, value=2.5),
+        ],
+        seq=3,
+    )
+    outcome = spb.process("spBv1.0/plant/DBIRTH/gw/valve", birth, NOW)
+    assert outcome.error is None
+    assert [v["reason"] for v in values(outcome, "telemetry.dlq")] == ["invalid_metric_name"]
+    assert [v["metric"] for v in values(outcome, "telemetry.clean")] == ["flow"]
+
+
 def test_a_gap_is_noted_for_the_log(spb: Normalizer) -> None:
     born(spb)
     spb.process("spBv1.0/plant/NDATA/gw", enc.payload([], seq=9), NOW)
