@@ -223,6 +223,48 @@ def test_unknown_alias_and_seq_gap_ask_for_rebirth_malformed_is_a_dead_letter(
     assert 'edge_bridge_dead_letters_total{reason="invalid_protobuf"} 1.0' in metrics
 
 
+def test_names_and_strings_that_are_not_utf8_are_dead_letters_of_their_metric(
+    setup: BridgeSetup,
+) -> None:
+    """proto2 hands a string field with invalid UTF-8 back as bytes: the metric
+    is refused, its neighbours become records and nothing fails as a bug."""
+    nbirth = enc.node_birth(
+        [
+            enc.metric(b"up\xfftime", alias=1, datatype=enc.INT64, value=5),
+            enc.metric("flow", alias=2, datatype=enc.DOUBLE, value=1.5),
+        ],
+        seq=0,
+        bd_seq=4,
+        timestamp=TS,
+    )
+    ndata = enc.payload(
+        [
+            enc.metric("mode", datatype=enc.STRING, value=b"ec\xc3o"),
+            enc.metric(alias=2, datatype=enc.DOUBLE, value=2.5),
+        ],
+        seq=1,
+        timestamp=TS + 1,
+    )
+    with start(setup) as bridge:
+        publish_many(
+            setup.mosquitto.url, [(topic("NBIRTH"), nbirth, 1), (topic("NDATA"), ndata, 1)]
+        )
+        dlq = kafka_read(setup.tansu.bootstrap, setup.dlq, expected=2)
+        clean = kafka_read(setup.tansu.bootstrap, setup.clean, expected=2)
+        metrics = scrape(setup)
+        assert bridge.stop() == 0
+    assert sorted((d.json()["reason"], d.json().get("metric")) for d in dlq) == [
+        ("invalid_metric_name", None),
+        ("metric_type_invalid", "mode"),
+    ]
+    assert sorted((r.json()["metric"], r.json()["value"]) for r in clean) == [
+        ("flow", 1.5),
+        ("flow", 2.5),
+    ]
+    assert "edge_bridge_internal_errors_total 0.0" in metrics
+    assert not bridge.events("ingest.internal_error")
+
+
 def status_endpoint(setup: BridgeSetup) -> str:
     """A ``[[streams]]`` endpoint showing the events topic as its own event type."""
     return f"""
