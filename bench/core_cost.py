@@ -191,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             bootstrap = stack.enter_context(Tansu(workdir)).bootstrap
         count, cpu = run(args.stage, args.messages, bootstrap or "", args.mapping == "raw")
-    print(f"{args.stage} ({args.mapping} mapping) {count} messages {cpu:.3f} s CPU {cpu / count * 1e6:.2f} us/message")
+    per_message = cpu / count * 1e6
+    print(
+        f"{args.stage} ({args.mapping} mapping) {count} messages {cpu:.3f} s CPU"
+        f" {per_message:.2f} us/message"
+    )
     return 0
 
 

@@ -32,6 +32,7 @@ from bench.machine import machine  # noqa: E402
 from bench.report import table  # noqa: E402
 from bench.shared_scaling import with_references  # noqa: E402
 from bench.systems import Settings  # noqa: E402
+from bridge import native  # noqa: E402
 
 LATENCY_RATE = 10_000
 NO_STREAM: Settings = {"stream": {"source": "local"}}
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     info["settings"] = json.dumps(overrides) if overrides else "defaults"
+    # The daemons run from this checkout: its build of the hot path (setup.py).
+    info["hot_path"] = native.describe()
     print(" · ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     results: dict[str, IngestResult] = {}
     stream: dict[int, dict[str, Any]] = {}

@@ -1,4 +1,5 @@
-"""The ``edge-bridge`` command: ``run``, ``check-config`` and ``try-mapping``.
+"""The ``edge-bridge`` command: ``run``, ``check-config``, ``try-mapping``,
+``sign-in-link`` and ``version``.
 
 Errors a user can fix (a bad config, a taken port) are printed as sentences
 with the path of what is wrong and exit non-zero; tracebacks are for bugs.
@@ -16,6 +17,7 @@ from pathlib import Path
 import msgspec
 import trio
 
+from bridge import __version__, native
 from bridge.config_loader import ConfigError, load_config
 from bridge.config_watch import DEFAULT_INTERVAL_S, Watch
 from bridge.console import first_run
@@ -69,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     link.add_argument("--config", help="main config file (env EDGE_BRIDGE_CONFIG)")
     link.add_argument("--listen", help="the daemon's HOST:PORT (env EDGE_BRIDGE_LISTEN)")
+    commands.add_parser(
+        "version", help="print the version, and whether the hot path runs compiled (mypyc)"
+    )
     return parser
 
 
@@ -104,6 +109,11 @@ def _sign_in_link(args: argparse.Namespace) -> int:
     host, port = parse_listen(config.listen)
     print(f"Open the console: {first_run.sign_in_link(host, port, secret, time.time())}")
     return 0
+
+
+def version_line() -> str:
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"edge-bridge {__version__} · Python {python} · hot path {native.describe()}"
 
 
 def _load(path: str | None) -> tuple[LoadedConfig, Plan]:
@@ -249,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _try_mapping(args)
         if args.command == "sign-in-link":
             return _sign_in_link(args)
+        if args.command == "version":
+            print(version_line())
+            return 0
     except BrokenPipeError:
         # The reader went away (``| head``): not an error of ours.  Point stdout
         # at /dev/null so that flushing it at exit does not raise again.

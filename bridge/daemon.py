@@ -41,6 +41,7 @@ import msgspec
 import structlog
 import trio
 
+from bridge import native
 from bridge.auth import AuthConfigError, Authenticator
 from bridge.commands.relay import CommandForwarder
 from bridge.config_loader import ConfigError, redacted
@@ -695,6 +696,6 @@ def tune_gc() -> None:
 
 
 async def run_daemon(runtime: Runtime, loader: Loader, watch: Watch | None = None) -> None:
-    log.info("bridge.starting", config=redacted(runtime.config))
+    log.info("bridge.starting", hot_path=native.describe(), config=redacted(runtime.config))
     tune_gc()
     await Daemon(runtime, loader, watch).run()

@@ -16,7 +16,24 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from bridge import native  # noqa: E402
 from tests.support import Mosquitto, Tansu, write_config  # noqa: E402
+
+
+def pytest_report_header() -> str:
+    return f"edge-bridge hot path: {native.describe()}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """An editable install imports the compiled hot path (setup.py) before the
+    ``.py`` beside it: after an edit, testing it would test the old build."""
+    changed = native.stale()
+    if changed:
+        pytest.exit(
+            f"changed since they were compiled: {', '.join(changed)}; install again "
+            "(scripts/test.sh does, or .venv/bin/pip install -e .) before testing them",
+            returncode=4,
+        )
 
 
 @pytest.fixture

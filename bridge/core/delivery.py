@@ -59,7 +59,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeAlias, TypeVar
+
+from mypy_extensions import mypyc_attr
 
 R = TypeVar("R")
 
@@ -108,6 +110,10 @@ class Tracked(Generic[R]):
         self.failed = False  # a delivery of it failed: held in memory if refused
 
 
+# The generic actions stay interpreted classes when this module is compiled
+# (mypyc builds no generic dataclass): three objects per message at most, and
+# only off the direct path.
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)
 class Produce(Generic[R]):
     """Hand the record to the producer.  If its queue refuses it, report
@@ -119,6 +125,7 @@ class Produce(Generic[R]):
     retry: bool = False
 
 
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)
 class ToSpool(Generic[R]):
     """Queue the record for the spool's next grouped append and sync."""
@@ -126,6 +133,7 @@ class ToSpool(Generic[R]):
     item: Tracked[R]
 
 
+@mypyc_attr(native_class=False)
 @dataclass(slots=True)
 class Dropped(Generic[R]):
     """A QoS 0 record was dropped: count it, log ``hint`` (sampled)."""
@@ -163,7 +171,11 @@ class SpoolBypassed:
     records: int
 
 
-Action = Produce[R] | ToSpool[R] | Dropped[R] | Settled | SpoolActive | SpoolDrained | SpoolBypassed
+# A string: the interpreted generic classes of a compiled module cannot be
+# subscripted at run time (only type checkers read this).
+Action: TypeAlias = (
+    "Produce[R] | ToSpool[R] | Dropped[R] | Settled | SpoolActive | SpoolDrained | SpoolBypassed"
+)
 
 QUEUE_FULL_HINT = "Kafka is slower than the QoS 0 inflow or down; use QoS 1"
 SPOOL_REFUSING_HINT = "the spool is full or unavailable; use QoS 1 to have the broker hold them"

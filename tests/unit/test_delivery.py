@@ -24,6 +24,8 @@ the direct path (the same rules, one object per message): ``..._direct_...``.
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from bridge.core.delivery import (
     QUEUE_FULL_HINT,
     SPOOL_REFUSING_HINT,
@@ -41,7 +43,7 @@ from bridge.core.delivery import (
     Tracked,
 )
 
-Actions = list[Action[str]]
+Actions: TypeAlias = "list[Action[str]]"
 
 
 def produced(actions: Actions) -> list[Tracked[str]]:

@@ -380,7 +380,8 @@ def test_an_empty_topic_without_alias_is_decoded_as_it_is() -> None:
 def test_the_codec_is_pure() -> None:
     """No socket, no paho, no clock: only the standard library's
     ``__future__`` is imported, so the codec is fed bytes and nothing else."""
-    tree = ast.parse(Path(mqtt_codec.__file__).read_text())
+    # The source beside the module (which may be its compiled extension, setup.py).
+    tree = ast.parse(Path(mqtt_codec.__file__).with_name("mqtt_codec.py").read_text())
     imported = {
         node.module if isinstance(node, ast.ImportFrom) else alias.name
         for node in ast.walk(tree)
