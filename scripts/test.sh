@@ -21,8 +21,16 @@ as_root() {
 # test publishes with mosquitto_pub), the chromium the console's browser tests
 # drive through Playwright (never `playwright install`: it downloads browser
 # builds from a host these machines cannot reach) and, on a minimal image,
-# Python's venv.
+# Python's venv, and the C compiler and Python headers with which the install
+# compiles the ingest hot path (setup.py).
 packages=()
+if ! command -v gcc >/dev/null; then
+    packages+=(gcc)
+fi
+if command -v python3 >/dev/null && ! python3 -c \
+    'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    packages+=(python3-dev)
+fi
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     packages+=(mosquitto)
 fi
