@@ -56,6 +56,9 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/pip install --disable-pip-version-check -q -e '.[test]'
+# Which build of the hot path the tests run on (setup.py): compiled unless the
+# install was made with EDGE_BRIDGE_PURE_PYTHON=1.
+.venv/bin/edge-bridge version
 
 # mqtt-spb-wrapper, a Sparkplug B implementation the project did not write, for
 # tests/integration/test_sparkplug_third_party.py: in a virtualenv of its own,
