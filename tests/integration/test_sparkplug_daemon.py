@@ -265,6 +265,45 @@ def test_names_and_strings_that_are_not_utf8_are_dead_letters_of_their_metric(
     assert not bridge.events("ingest.internal_error")
 
 
+def nested_templates(depth: int) -> bytes:
+    """An NDATA whose one metric is a Template holding a Template ... ``depth``
+    levels down (Metric.template_value = 18, Template.metrics = 2)."""
+    metric = enc.metric("leaf", datatype=enc.INT32, value=1)
+    for _ in range(depth):
+        metric = enc.metric("t", datatype=enc.TEMPLATE) + enc._len(18, enc._len(2, metric))
+    return enc.payload([metric], seq=1)
+
+
+def test_garbage_deep_nesting_and_an_overlong_number_are_dead_letters(setup: BridgeSetup) -> None:
+    """Random bytes, templates nested 1,000 deep and a 300-bit varint (protobuf's
+    300-digit number) are each an ``invalid_protobuf`` dead letter; the node's
+    next message is still read."""
+    nbirth = enc.node_birth(
+        [enc.metric("flow", alias=2, datatype=enc.DOUBLE, value=1.5)], seq=0, bd_seq=4
+    )
+    overlong = enc.payload(
+        [enc.metric("n", datatype=enc.UINT64) + b"\x58" + b"\xff" * 43 + b"\x01"], seq=1
+    )
+    garbage = bytes(range(256)) * 4
+    after = enc.payload([enc.metric(alias=2, datatype=enc.DOUBLE, value=2.5)], seq=2)
+    hostile = [garbage, nested_templates(1000), overlong]
+    with start(setup) as bridge:
+        publish_many(
+            setup.mosquitto.url,
+            [(topic("NBIRTH"), nbirth, 1)]
+            + [(topic("NDATA"), payload, 1) for payload in hostile]
+            + [(topic("NDATA"), after, 1)],
+        )
+        dlq = kafka_read(setup.tansu.bootstrap, setup.dlq, expected=3)
+        clean = kafka_read(setup.tansu.bootstrap, setup.clean, expected=2)
+        metrics = scrape(setup)
+        assert bridge.stop() == 0
+    assert [d.json()["reason"] for d in dlq] == ["invalid_protobuf"] * 3
+    assert sorted(base64.b64decode(d.json()["payload"]) for d in dlq) == sorted(hostile)
+    assert sorted(r.json()["value"] for r in clean) == [1.5, 2.5]
+    assert "edge_bridge_internal_errors_total 0.0" in metrics
+
+
 def status_endpoint(setup: BridgeSetup) -> str:
     """A ``[[streams]]`` endpoint showing the events topic as its own event type."""
     return f"""
