@@ -225,23 +225,10 @@ class Framer:
         max_packet = self.max_packet
         while pos < end:
             first = data[pos]
-            # The remaining length: one or two bytes (a packet below 16 KiB,
-            # every sensor's PUBLISH) read here, a call of _varint costing
-            # more than the decoding; longer ones, and one cut short, there.
-            if pos + 2 < end:
-                size = data[pos + 1]
-                body = pos + 2
-                if size & 0x80:
-                    second = data[body]
-                    size = (size & 0x7F) | (second << 7) if not second & 0x80 else -1
-                    body += 1
-            else:
-                size = -1
-            if size < 0:
-                length = _varint(data, pos + 1, end)
-                if length is None:
-                    return pos, end - pos + 1
-                size, body = length
+            length = _varint(data, pos + 1, end)
+            if length is None:
+                return pos, end - pos + 1
+            size, body = length
             stop = body + size
             kind = first & 0xF0
             qos = (first >> 1) & 3
@@ -288,14 +275,10 @@ def _publish(data: bytes, first: int, qos: int, body: int, stop: int, v5: bool) 
         topic, mid, cursor = _topic_and_mid(data, qos, body)
         user_properties = None
         if v5:
-            props_size = data[cursor] if cursor < stop else 0x80
-            if props_size < 0x80:  # the usual one-byte length, read here
-                cursor += 1
-            else:
-                props = _varint(data, cursor, stop)
-                if props is None:
-                    raise MalformedPacket("PUBLISH without its property length")
-                props_size, cursor = props
+            props = _varint(data, cursor, stop)
+            if props is None:
+                raise MalformedPacket("PUBLISH without its property length")
+            props_size, cursor = props
             if props_size:
                 user_properties = _properties(data, cursor, cursor + props_size)
             cursor += props_size

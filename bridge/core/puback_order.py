@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
-from bridge.core.mqtt_codec import PUBACK_HEADER, puback
+from bridge.core.mqtt_codec import puback
 
 
 class PubackOrder:
@@ -67,7 +67,7 @@ class PubackOrder:
             early[mid] = early.get(mid, 0) + 1
             return b""
         arrived.popleft()
-        due = PUBACK_HEADER + mid.to_bytes(2, "big")  # puback(mid), one call less per message
+        due = puback(mid)
         early = self._early
         while early and arrived:
             head = arrived[0]

@@ -96,11 +96,7 @@ class PendingMessage(Message):
     def __init__(
         self, ingest: Ingest, generation: int, mid: int | None, started: float | None
     ) -> None:
-        # Message.__init__ spelled out: one call less for every message.
-        self.generation = generation
-        self.mid = mid
-        self.remaining = 0
-        self.context = None
+        super().__init__(generation, mid)
         self.ingest = ingest
         # When its batch was received (time.monotonic); None: it made no
         # record, so there is no delivery time to observe.
@@ -114,9 +110,7 @@ class PendingMessage(Message):
         if error is not None:
             ingest.failed_direct(self, error, message)
             return
-        produced = ingest.stats.produced
-        topic = message.topic()
-        produced[topic] = produced.get(topic, 0) + 1
+        ingest.stats.count_produced(message.topic())
         self.remaining -= 1
         if not self.remaining:
             ingest.settle(self, ingest.delivery.delivered_direct(self))
@@ -138,9 +132,7 @@ class _Report:
             ingest.count_failure(error, message)
             ingest.carry_out(ingest.delivery.failed(self.item))
             return
-        produced = ingest.stats.produced
-        topic = message.topic()
-        produced[topic] = produced.get(topic, 0) + 1
+        ingest.stats.count_produced(message.topic())
         ingest.carry_out(ingest.delivery.delivered(self.item))
 
 

@@ -59,6 +59,11 @@ class IngestStats:
     def __post_init__(self) -> None:
         self.latency_counts = [0] * len(self.latency_buckets)
 
+    def count_produced(self, topic: str) -> None:
+        """One record delivered to Kafka's ``topic``."""
+        produced = self.produced
+        produced[topic] = produced.get(topic, 0) + 1
+
     def observe_latency(self, seconds: float) -> None:
         """Count one MQTT-message-to-Kafka-acknowledgement time; past the last
         bucket it counts only in the total (Prometheus' +Inf)."""

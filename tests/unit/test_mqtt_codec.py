@@ -227,8 +227,8 @@ def test_encoded_publishes_decode_to_what_was_encoded_however_they_are_cut(
 
 
 # Remaining lengths each side of where their encoding grows (1, 2, 3 bytes),
-# and property blocks of a one- and a two-byte length: the framer reads the
-# one- and two-byte forms in line and hands the rest to the general decoder.
+# and property blocks of a one- and a two-byte length, whole and with the
+# read cut inside each header.
 @pytest.mark.parametrize("size", [8, 126, 127, 128, 129, 16_382, 16_383, 16_384, 16_385, 70_000])
 @pytest.mark.parametrize("value", [0, 118, 119])
 def test_lengths_at_every_encoding_boundary_decode_whole_and_cut_in_the_header(

@@ -293,9 +293,9 @@ async def test_a_removed_spool_directory_is_made_again_and_used(tmp_path: Path) 
 
 
 def test_a_pending_message_is_a_whole_message() -> None:
-    """PendingMessage sets the fields of Message itself (one call less per
-    message): every slot of Message has its initial value, so a field added
-    to Message and not there fails here, not in the delivery machine."""
+    """A PendingMessage starts as a Message does: every field of Message has
+    its initial value, so an initialiser that skipped one fails here, not in
+    the delivery machine."""
     normalizer = Normalizer(plan_from(MAPPINGS / "telemetry.toml"))
     producer = KafkaProducer(KafkaSettings(bootstrap="127.0.0.1:9"))  # never produces here
     ingest = Ingest(normalizer, producer, IngestStats(), Session())
