@@ -105,12 +105,15 @@ def decode_payload(payload: bytes) -> Payload:
         ) from None
 
 
-def invalid_utf8(what: str, metric: str | None = None) -> InputRejected:
-    """The refusal of a string field that is not UTF-8.  The Sparkplug B
-    schema is proto2, where protobuf hands such a field back as ``bytes``
-    instead of refusing the message: every string field read must be checked."""
-    reason = "invalid_metric_name" if metric is None else "metric_type_invalid"
-    return InputRejected(reason, f"{what} is not valid UTF-8", metric)
+def metric_name(metric: Payload.Metric) -> str | InputRejected:
+    """The metric's name (empty when it has none), or the refusal of a name
+    that is not UTF-8.  The Sparkplug B schema is proto2, where protobuf hands
+    a string field holding invalid UTF-8 back as ``bytes`` instead of refusing
+    the message, so every string field read is checked."""
+    name: str | bytes = metric.name
+    if isinstance(name, str):
+        return name
+    return InputRejected("invalid_metric_name", "a metric's name is not valid UTF-8")
 
 
 def datatype_name(datatype: int) -> str:
@@ -192,8 +195,10 @@ def _text(
     if field != "string_value":
         raise _mismatch(name, datatype, field)
     text: str | bytes = metric.string_value
-    if not isinstance(text, str):  # see invalid_utf8
-        raise invalid_utf8(f"metric {name!r}: its string value", name)
+    if not isinstance(text, str):  # proto2: see metric_name
+        raise InputRejected(
+            "metric_type_invalid", f"metric {name!r}: its string value is not valid UTF-8", name
+        )
     if len(text) > max_string:
         raise InputRejected(
             "metric_type_invalid", f"metric {name!r}: string longer than {max_string}", name

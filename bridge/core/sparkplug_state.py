@@ -31,7 +31,7 @@ from bridge.core.sparkplug import (
     BD_SEQ_METRIC,
     SparkplugTopic,
     datatype_name,
-    invalid_utf8,
+    metric_name,
     metric_value,
     timestamp_ms,
 )
@@ -304,12 +304,12 @@ class SparkplugState:
     def _birth(self, table: AliasTable, payload: Payload, ts: int, out: Resolved) -> None:
         readings = out.readings
         for metric in payload.metrics:
-            name: str | bytes = metric.name
+            name = metric_name(metric)
+            if isinstance(name, InputRejected):
+                readings.append(name)
+                continue
             if not name:
                 readings.append(InputRejected("invalid_metric_name", "a birth metric has no name"))
-                continue
-            if not isinstance(name, str):
-                readings.append(invalid_utf8("a birth metric's name"))
                 continue
             if not metric.HasField("datatype"):
                 readings.append(
@@ -328,11 +328,11 @@ class SparkplugState:
         readings = out.readings
         unknown = False
         for metric in payload.metrics:
-            if metric.name:
-                named: str | bytes = metric.name
-                if not isinstance(named, str):
-                    readings.append(invalid_utf8("a metric's name"))
-                    continue
+            named = metric_name(metric)
+            if isinstance(named, InputRejected):
+                readings.append(named)
+                continue
+            if named:
                 name = named
                 datatype = table.by_name.get(name)
             elif metric.HasField("alias"):
