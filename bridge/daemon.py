@@ -181,7 +181,7 @@ class Daemon:
             self.runtime.mqtt_tls,
             max_payload_bytes=self.config.limits.max_payload_bytes,
             on_session_lost=self._on_session_lost,
-            backlog=self._backlog,
+            backlog=self._in_flight,
         )
         return client
 
@@ -196,15 +196,10 @@ class Daemon:
         assert self.ingest is not None
         self.ingest.session_lost(generation)
 
-    def _backlog(self) -> int:
-        """Messages waiting for Kafka: the MQTT client reads nothing more while
-        ``mqtt.receive_maximum`` do."""
-        assert self.ingest is not None
-        return self.ingest.in_flight
-
     def _in_flight(self) -> int:
         """Messages whose records are not all held yet (0 before the ingest
-        path exists): read from the delivery machine, which keeps the count."""
+        path exists), read from the delivery machine, which keeps the count:
+        the MQTT client reads nothing more while ``mqtt.receive_maximum`` wait."""
         return self.ingest.in_flight if self.ingest is not None else 0
 
     async def run(self) -> None:
